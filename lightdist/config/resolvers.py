@@ -1,0 +1,47 @@
+"""OmegaConf resolvers used by conf/: where a run's directory is and what it is called."""
+
+import os
+import secrets
+import time
+
+from omegaconf import OmegaConf
+
+_local_run_id: str | None = None
+
+
+def run_id() -> str:
+    """A name for this run that every rank of the job computes identically.
+
+    Under SLURM it is the job id (array job and task for arrays), so that a requeued job
+    lands in the same directory and resumes there. Under torchrun it is the rendezvous
+    id. A local run is named by its start time, computed once per process (ranks > 0 of
+    a local run never compute it: they read rank 0's resolved config).
+    """
+    global _local_run_id
+    if "SLURM_ARRAY_JOB_ID" in os.environ and "SLURM_ARRAY_TASK_ID" in os.environ:
+        return f"slurm-{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ['SLURM_ARRAY_TASK_ID']}"
+    if "SLURM_JOB_ID" in os.environ:
+        return f"slurm-{os.environ['SLURM_JOB_ID']}"
+    elastic = os.environ.get("TORCHELASTIC_RUN_ID")
+    if elastic and elastic != "none":
+        return f"torchrun-{elastic}"
+    if _local_run_id is None:
+        # The suffix keeps two runs started in the same second apart.
+        _local_run_id = time.strftime("%Y-%m-%d_%H-%M-%S") + "_" + secrets.token_hex(2)
+    return _local_run_id
+
+
+def run_dir(explicit: str | None, base: str) -> str:
+    """`run_dir=...` on the command line wins (resume into an existing run); else base/run_id."""
+    return os.path.abspath(explicit) if explicit else os.path.join(base, run_id())
+
+
+def register() -> None:
+    for name, fn in {
+        "lightdist.run_id": run_id,
+        "lightdist.run_dir": run_dir,
+        "lightdist.cwd": os.getcwd,
+        "lightdist.data_root": lambda: os.environ.get("LIGHTDIST_DATA") or os.path.join(os.getcwd(), "data"),
+    }.items():
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, fn)

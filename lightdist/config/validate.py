@@ -1,0 +1,180 @@
+"""Check a composed config before anything runs: unknown keys, wrong types, impossible values.
+
+Hydra already rejects overrides of keys that do not exist (without '+') and unknown
+group options. What remains is checked here against the signature of every `_target_`
+in the config: a key the target does not accept is an error naming the accepted keys;
+a value outside a `Literal[...]` annotation is an error naming the allowed values; a
+value of the wrong basic type (int, float, bool, str) is an error. The signature is the
+schema, so a new model or data module is validated without writing a schema for it.
+"""
+
+import functools
+import inspect
+import types
+import typing
+from collections.abc import Iterator
+from typing import Any
+
+from hydra.utils import get_object
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from lightdist.errors import ConfigError
+
+_HYDRA_KEYS = {"_target_", "_partial_", "_recursive_", "_convert_", "_args_"}
+
+
+@functools.lru_cache(maxsize=None)
+def signature_of(target: str) -> tuple[dict[str, inspect.Parameter], dict[str, Any], bool]:
+    """(parameters, type hints, accepts **kwargs) of a `_target_` class or function."""
+    try:
+        obj = get_object(target)
+    except Exception as exc:
+        raise ConfigError(f"_target_ '{target}' cannot be imported ({exc})") from exc
+    fn = obj.__init__ if inspect.isclass(obj) else obj
+    params = dict(inspect.signature(fn).parameters)
+    params.pop("self", None)
+    try:
+        hints = typing.get_type_hints(fn)
+    except Exception:  # forward references that do not resolve: fall back to no type checks
+        hints = {}
+    var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    named = {k: p for k, p in params.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+    return named, hints, var_kw
+
+
+def accepted_kwargs(target: str, candidates: dict[str, Any]) -> dict[str, Any]:
+    """The subset of `candidates` that the target's signature accepts by name."""
+    params, _, var_kw = signature_of(target)
+    return {k: v for k, v in candidates.items() if var_kw or k in params}
+
+
+def _targets(node: Any, path: str) -> Iterator[tuple[str, DictConfig]]:
+    if isinstance(node, DictConfig):
+        if "_target_" in node:
+            yield path, node
+        for key in node.keys():
+            child = node._get_node(key)
+            if child is not None and not OmegaConf.is_interpolation(node, key):
+                value = node[key] if not child._is_missing() else None
+                yield from _targets(value, f"{path}.{key}" if path else str(key))
+    elif isinstance(node, ListConfig):
+        for i, item in enumerate(node):
+            yield from _targets(item, f"{path}[{i}]")
+
+
+def _literal_choices(hint: Any) -> list | None:
+    """All allowed values when `hint` is a Literal or a union of Literals (and None)."""
+    origin = typing.get_origin(hint)
+    if origin is typing.Literal:
+        return list(typing.get_args(hint))
+    if origin in (typing.Union, types.UnionType):
+        choices = []
+        for arm in typing.get_args(hint):
+            if arm is type(None):
+                choices.append(None)
+                continue
+            sub = _literal_choices(arm)
+            if sub is None:
+                return None
+            choices.extend(sub)
+        return choices
+    return None
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    """A loose type check for the basic types a user types on the command line."""
+    if hint is Any or hint is inspect.Parameter.empty:
+        return True
+    if value is None:
+        origin = typing.get_origin(hint)
+        return origin in (typing.Union, types.UnionType) and type(None) in typing.get_args(hint)
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, arm) for arm in typing.get_args(hint) if arm is not type(None))
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    return True  # containers, modules, callables: left to the target itself
+
+
+def _describe(hint: Any) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
+def check_targets(cfg: DictConfig) -> None:
+    for path, node in _targets(cfg, ""):
+        target = node["_target_"]
+        params, hints, var_kw = signature_of(target)
+        for key in node.keys():
+            if key in _HYDRA_KEYS:
+                continue
+            where = f"{path}.{key}" if path else str(key)
+            if key not in params:
+                if var_kw:
+                    continue
+                raise ConfigError(
+                    f"unknown key '{where}' for {target}",
+                    hint=f"valid keys under '{path}': {', '.join(sorted(params))}",
+                )
+            if OmegaConf.is_interpolation(node, key) or OmegaConf.is_missing(node, key):
+                continue
+            value = node[key]
+            if isinstance(value, (DictConfig, ListConfig)):
+                continue
+            hint = hints.get(key, params[key].annotation)
+            choices = _literal_choices(hint)
+            if choices is not None:
+                if value not in choices:
+                    raise ConfigError(
+                        f"invalid value {value!r} for '{where}'",
+                        hint=f"allowed: {', '.join(repr(c) for c in choices)}",
+                    )
+                continue
+            if not _matches(value, hint):
+                raise ConfigError(
+                    f"'{where}' must be {_describe(hint)}, got {value!r} ({type(value).__name__})"
+                )
+
+
+_FP16 = {16, "16", "16-mixed", "16-true"}
+
+
+def check_devices(trainer: DictConfig) -> None:
+    """Refuse device requests this machine cannot give, before any process starts."""
+    import torch
+
+    from lightdist.distributed.threads import available_cores
+
+    devices, accelerator = trainer.get("devices", "auto"), trainer.get("accelerator", "auto")
+    if isinstance(devices, bool) or not (
+        devices in ("auto", -1) or (isinstance(devices, int) and devices >= 1)
+        or (isinstance(devices, (list, ListConfig)) and len(devices) > 0)
+        or (isinstance(devices, str) and devices.strip().lstrip("-").isdigit() and int(devices) >= 1)
+    ):
+        raise ConfigError(f"trainer.devices={devices!r} is not a device count",
+                          hint="use a count >= 1, -1 or 'auto' for all devices, or a list of device indices")
+    count = len(devices) if isinstance(devices, (list, ListConfig)) else int(devices) if devices not in (
+        "auto", -1) else None
+    if trainer.get("num_nodes", 1) < 1:
+        raise ConfigError(f"trainer.num_nodes={trainer.num_nodes} must be >= 1")
+    if accelerator in ("gpu", "cuda"):
+        gpus = torch.cuda.device_count()
+        if gpus == 0:
+            raise ConfigError("trainer=gpu needs CUDA GPUs but this machine has none",
+                              hint="use trainer=cpu, or trainer=cpu_ddp for multi-process DDP over gloo")
+        if count is not None and count > gpus:
+            raise ConfigError(f"trainer.devices={count} but this machine has {gpus} CUDA GPU(s)",
+                              hint=f"use trainer.devices<={gpus}, or trainer.num_nodes to spread over nodes")
+    if accelerator == "cpu":
+        cores = available_cores()
+        if count is not None and count > cores:
+            raise ConfigError(f"trainer.devices={count} CPU processes but this machine gives {cores} core(s)",
+                              hint=f"use trainer.devices<={cores}")
+        if trainer.get("precision") in _FP16:
+            raise ConfigError(f"trainer.precision={trainer.precision} (float16) needs a GPU",
+                              hint="on CPU use trainer.precision=bf16-mixed or 32")

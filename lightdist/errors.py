@@ -1,0 +1,27 @@
+"""User-facing errors: one clear line with the fix, printed by the CLI without a traceback."""
+
+
+class LightdistError(Exception):
+    """An error the user can fix. `hint` says how."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, hint: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return f"{self.message} ({self.hint})" if self.hint else self.message
+
+
+class ConfigError(LightdistError):
+    """A bad override: unknown key, wrong type, impossible value."""
+
+
+class DataError(LightdistError):
+    """A dataset that is missing, corrupt or unusable."""
+
+
+class CheckpointError(LightdistError):
+    """A checkpoint that is missing or unreadable."""

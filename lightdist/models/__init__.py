@@ -1,0 +1,1 @@
+"""Plain nn.Modules. Nothing here knows about Lightning, ranks or configs."""

@@ -1,0 +1,50 @@
+"""The conv-pool-dense CNN that image classification tutorials start with, made sound:
+batch norm after each convolution, two convolutions per resolution, dropout in the head."""
+
+import torch
+from torch import nn
+
+
+def _conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(2),
+    )
+
+
+class SimpleCNN(nn.Module):
+    def __init__(
+        self,
+        in_channels: int = 1,
+        num_classes: int = 10,
+        image_size: int = 28,
+        channels: tuple[int, ...] = (32, 64),
+        hidden: int = 256,
+        dropout: float = 0.3,
+    ):
+        super().__init__()
+        blocks, c = [], in_channels
+        for width in channels:
+            blocks.append(_conv_block(c, width))
+            c = width
+        self.body = nn.Sequential(*blocks)
+        spatial = image_size // (2 ** len(channels))
+        self.head = nn.Sequential(
+            nn.Flatten(),
+            nn.Dropout(dropout),
+            nn.Linear(c * spatial * spatial, hidden),
+            nn.ReLU(inplace=True),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, num_classes),
+        )
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head[:-1](self.body(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x))

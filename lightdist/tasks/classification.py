@@ -1,0 +1,145 @@
+"""What every classification task shares: loss, metrics, optimizer and schedule plumbing.
+
+Image and text classification differ only in how a batch becomes logits; everything
+else (cross-entropy with label smoothing, torchmetrics synced across ranks, confusion
+matrix at the end of test, optimizer groups, schedules) lives here once.
+"""
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torch import nn
+from torchmetrics import MeanMetric
+from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
+
+from lightdist.tasks.metrics import classification_metrics, save_confusion_matrix
+from lightdist.tasks.optim import build_optimizer
+
+
+class ClassificationTask(L.LightningModule):
+    def __init__(
+        self,
+        model: nn.Module,
+        num_classes: int,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        scheduler: Callable[..., dict] | None = None,
+        label_smoothing: float = 0.0,
+        class_names: list[str] | None = None,
+        compile: bool = False,
+    ):
+        super().__init__()
+        self.save_hyperparameters(ignore=["model", "optimizer", "scheduler"])
+        self.model = model
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.class_names = list(class_names) if class_names else None
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
+        self.val_metrics = classification_metrics(num_classes, "val/")
+        self.test_metrics = classification_metrics(num_classes, "test/")
+        self.test_confusion = MulticlassConfusionMatrix(num_classes)
+        self.compile = compile
+        self._compiled: Callable | None = None
+        # Read by Lightning's ThroughputMonitor (FLOP/s and MFU); measured on the first batch.
+        self.flops_per_batch: int | None = None
+
+    # -- how a batch becomes logits: subclasses adapt these two --------------------------
+    def split_batch(self, batch: Any) -> tuple[Any, torch.Tensor]:
+        inputs, targets = batch
+        return inputs, targets
+
+    def forward(self, inputs: Any) -> torch.Tensor:
+        model = self._compiled or self.model
+        return model(inputs)
+
+    # -- shared plumbing --------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        if self.compile and self._compiled is None:
+            # Kept out of the module tree so state_dict keys stay those of the plain model.
+            object.__setattr__(self, "_compiled", torch.compile(self.model))
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        if self.flops_per_batch is None:
+            self.flops_per_batch = self._measure_flops(self.split_batch(batch)[0])
+
+    @torch.no_grad()
+    def _measure_flops(self, inputs: Any) -> int:
+        """Training FLOPs of one batch: 3x the counted forward FLOPs (the backward costs about 2x the forward)."""
+        from torch.utils.flop_counter import FlopCounterMode
+
+        was_training = self.model.training
+        self.model.eval()  # no batch-norm statistics update from this extra forward
+        try:
+            with FlopCounterMode(display=False) as counter:
+                self.model(inputs)
+        finally:
+            self.model.train(was_training)
+        return 3 * counter.get_total_flops()
+
+    def _step(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        inputs, targets = self.split_batch(batch)
+        logits = self(inputs)
+        return logits, targets, self.criterion(logits, targets)
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        logits, targets, loss = self._step(batch)
+        self.train_acc(logits, targets)
+        n = len(targets)
+        self.log("train/loss", loss, prog_bar=True, batch_size=n)
+        self.log("train/acc", self.train_acc, on_step=True, on_epoch=False, batch_size=n)
+        return loss
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        logits, targets, loss = self._step(batch)
+        self.val_loss.update(loss, weight=len(targets))
+        self.val_metrics.update(logits, targets)
+        self.log("val/loss", self.val_loss, prog_bar=True)
+        for name, metric in self.val_metrics.items():
+            self.log(name, metric, prog_bar=name == "val/acc")
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        logits, targets, loss = self._step(batch)
+        self.test_loss.update(loss, weight=len(targets))
+        self.test_metrics.update(logits, targets)
+        self.test_confusion.update(logits, targets)
+        self.log("test/loss", self.test_loss)
+        self.log_dict(self.test_metrics)
+
+    def predict_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        inputs = batch[0] if isinstance(batch, (tuple, list)) else batch
+        return torch.softmax(self(inputs).float(), dim=-1)
+
+    def on_test_epoch_end(self) -> None:
+        # compute() gathers the counts of every rank; only rank 0 draws and saves.
+        confusion = self.test_confusion.compute()
+        if self.trainer.is_global_zero:
+            path = Path(self.trainer.default_root_dir) / "confusion_matrix.png"
+            fig = save_confusion_matrix(self.test_confusion, self.class_names, path)
+            self._log_figure("test/confusion_matrix", fig, path)
+            import matplotlib.pyplot as plt
+
+            plt.close(fig)
+            torch.save(confusion.cpu(), path.with_suffix(".pt"))
+        self.test_confusion.reset()
+
+    def _log_figure(self, name: str, fig, path: Path) -> None:
+        for logger in self.loggers:
+            experiment = logger.experiment
+            if hasattr(experiment, "add_figure"):  # TensorBoard
+                experiment.add_figure(name, fig, global_step=self.global_step)
+            elif hasattr(logger, "log_image"):  # wandb
+                logger.log_image(key=name, images=[str(path)])
+
+    def configure_optimizers(self) -> Any:
+        optimizer = build_optimizer(self.optimizer_factory, self)
+        if self.scheduler_factory is None:
+            return optimizer
+        total = int(self.trainer.estimated_stepping_batches)  # also sets num_training_batches (per rank)
+        steps_per_epoch = max(1, math.ceil(self.trainer.num_training_batches / self.trainer.accumulate_grad_batches))
+        return {"optimizer": optimizer,
+                "lr_scheduler": self.scheduler_factory(optimizer, total_steps=total, steps_per_epoch=steps_per_epoch)}

@@ -1,0 +1,138 @@
+"""Build everything from a resolved config and run fit then test. No Hydra decorators here:
+rank 0 calls this from the Hydra job, ranks > 0 started by Lightning call it from the
+saved config, and tests may call it directly."""
+
+import logging
+import time
+import warnings
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
+from omegaconf import DictConfig, OmegaConf
+
+from lightdist import run_dir as rd
+from lightdist.config.validate import accepted_kwargs
+from lightdist.distributed.strategy import build_strategy, processes_per_node
+from lightdist.distributed.threads import configure_threads
+from lightdist.errors import CheckpointError
+from lightdist.loggers import finish_wandb
+
+log = logging.getLogger(__name__)
+
+# The CSV logger warns that files "will be deleted" whenever its directory is not empty; the run
+# directory never is (Hydra's files), and the logger appends to an existing metrics.csv anyway.
+warnings.filterwarnings("ignore", message="Experiment logs directory .* exists and is not empty")
+
+
+def instantiate_with_facts(node: DictConfig, facts: dict[str, Any], **kwargs: Any) -> Any:
+    """Instantiate `node`, passing the data facts (num_classes, vocab_size...) its target accepts."""
+    # _convert_="all": plain lists/dicts, so hyperparameters saved in checkpoints hold no OmegaConf types.
+    return instantiate(node, **accepted_kwargs(node._target_, facts), **kwargs, _convert_="all")
+
+
+def build_task(cfg: DictConfig, facts: dict[str, Any]) -> L.LightningModule:
+    model = instantiate_with_facts(cfg.model, facts)
+    optimizer = instantiate(cfg.optimizer)
+    scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
+    return instantiate_with_facts(cfg.task, facts, model=model, optimizer=optimizer, scheduler=scheduler)
+
+
+def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
+    if not cfg.trainer.get("enable_progress_bar", True):
+        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
+    return callbacks
+
+
+def build_loggers(cfg: DictConfig) -> list:
+    return [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
+
+
+def build_trainer(cfg: DictConfig, run_dir: Path) -> L.Trainer:
+    loggers = build_loggers(cfg)
+    return instantiate(
+        cfg.trainer,
+        strategy=build_strategy(cfg.get("strategy")),
+        callbacks=build_callbacks(cfg),
+        logger=loggers if loggers else False,
+        default_root_dir=str(run_dir),
+    )
+
+
+def resolve_ckpt_path(ckpt_path: str | None, run_dir: Path) -> str | None:
+    """`last`: this run directory's last.ckpt; a path: must be a readable checkpoint."""
+    if ckpt_path in (None, ""):
+        return None
+    if ckpt_path == "last":
+        path = run_dir / rd.CHECKPOINT_DIR / "last.ckpt"
+        if not path.exists():
+            raise CheckpointError(f"ckpt_path=last but {path} does not exist",
+                                  hint="resume inside an existing run with run_dir=<that run's directory>")
+        return str(path)
+    path = Path(ckpt_path).expanduser()
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path} does not exist", hint="pass ckpt_path=last or an existing .ckpt")
+    if path.is_file() and not zipfile.is_zipfile(path):
+        raise CheckpointError(f"checkpoint {path} is not a readable PyTorch checkpoint (corrupt or truncated)",
+                              hint="pick another checkpoint, e.g. ckpt_path=last")
+    return str(path.resolve())
+
+
+def _metrics(values: dict[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in values.items() if isinstance(v, (int, float, torch.Tensor))}
+
+
+def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    """Train (and test) what `cfg` describes; returns the summary (rank 0 also writes it)."""
+    started = time.time()
+    configure_threads(cfg.threads_per_rank, processes_per_node(cfg.trainer))
+    if cfg.get("matmul_precision"):
+        torch.set_float32_matmul_precision(cfg.matmul_precision)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+
+    datamodule = instantiate(cfg.data)
+    facts = datamodule.facts()
+    task = build_task(cfg, facts)
+    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), run_dir)
+    trainer = build_trainer(cfg, run_dir)
+    if trainer.is_global_zero:
+        hparams = OmegaConf.to_container(cfg, resolve=True)
+        for logger in trainer.loggers:
+            logger.log_hyperparams(hparams)
+
+    try:
+        trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path)
+        validation = _metrics({k: v for k, v in trainer.callback_metrics.items() if k.startswith("val/")})
+        test_metrics: dict[str, float] = {}
+        checkpoint = trainer.checkpoint_callback
+        best = checkpoint.best_model_path if isinstance(checkpoint, ModelCheckpoint) else ""
+        if cfg.get("test_after_fit", True) and not trainer.interrupted:
+            results = trainer.test(task, datamodule=datamodule, ckpt_path=best or None, verbose=False)
+            test_metrics = _metrics(results[0]) if results else {}
+        summary = {
+            "name": cfg.get("name"),
+            "run_dir": str(run_dir),
+            "test": test_metrics,
+            "validation": validation,
+            "best_checkpoint": best or None,
+            "best_score": float(checkpoint.best_model_score) if best and checkpoint.best_model_score is not None
+            else None,
+            "monitor": checkpoint.monitor if isinstance(checkpoint, ModelCheckpoint) else None,
+            "global_step": trainer.global_step,
+            "epochs": trainer.current_epoch,
+            "world_size": trainer.world_size,
+            "interrupted": trainer.interrupted,
+            "wall_time_s": round(time.time() - started, 2),
+        }
+        if trainer.is_global_zero:
+            rd.write_json(run_dir / rd.SUMMARY_FILE, summary)
+        summary["callback_metrics"] = _metrics(trainer.callback_metrics)
+        return summary
+    finally:
+        if trainer.is_global_zero:
+            finish_wandb()
