@@ -33,12 +33,15 @@ def _fail(message: str, code: int = 2) -> None:
 
 def _user_error(exc: BaseException) -> str | None:
     """The one-line message for errors caused by what the user asked for; None for bugs."""
-    from hydra.errors import HydraException, InstantiationException
-    from lightning.fabric.utilities.exceptions import MisconfigurationException
-    from omegaconf.errors import OmegaConfBaseException
-
     if isinstance(exc, LightdistError):
         return str(exc)
+    from hydra.errors import HydraException, InstantiationException
+    from omegaconf.errors import OmegaConfBaseException
+
+    if "lightning" in sys.modules:
+        from lightning.fabric.utilities.exceptions import MisconfigurationException
+    else:  # nothing of Lightning ran yet, so none of its errors can be here (and importing it costs seconds)
+        MisconfigurationException = LightdistError
     if isinstance(exc, InstantiationException):
         cause = exc.__cause__
         if isinstance(cause, LightdistError):
@@ -126,12 +129,18 @@ def _explain_missing_config(exc) -> str:
     return str(exc).splitlines()[0]
 
 
-def check_config(cfg) -> None:
+def check_config(cfg, run_dir: Path | None = None) -> None:
     """Everything that can be known wrong about a composed config without running it."""
+    from omegaconf import OmegaConf
+
+    from lightdist.checkpoints import resolve_ckpt_path
     from lightdist.config.validate import check_devices, check_targets
 
     check_targets(cfg)
     check_devices(cfg.trainer)
+    if run_dir is None:  # before Hydra: where this run's directory will be
+        run_dir = Path(resolvers.run_dir(cfg.get("run_dir"), f"{OmegaConf.select(cfg, 'paths.log_dir')}/{cfg.name}"))
+    resolve_ckpt_path(cfg.get("ckpt_path"), run_dir)
 
 
 def check_data(cfg) -> None:
@@ -179,7 +188,7 @@ def run_job(cfg) -> Any:
     with isolated_job():
         run_dir = Path(HydraConfig.get().runtime.output_dir)
         cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
-        check_config(cfg)
+        check_config(cfg, run_dir)
         if is_rank_zero():
             _log_libraries_to_job_file()
             announce_job_config(rd.save_config(run_dir, cfg))

@@ -1,12 +1,16 @@
 """Logger construction that Lightning leaves to the user: wandb that never blocks on a login."""
 
+import csv
 import hashlib
 import netrc
 import os
 from pathlib import Path
 from typing import Literal
 
-from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.loggers import CSVLogger, WandbLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from lightning.pytorch.loggers.logger import rank_zero_experiment
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 
 def wandb_credentials_available() -> bool:
@@ -65,3 +69,53 @@ def finish_wandb() -> None:
 
         if wandb.run is not None:
             wandb.finish()
+
+
+class _ContinuingWriter(ExperimentWriter):
+    """Lightning's CSV writer deletes an existing metrics.csv and forgets its columns; this one continues it."""
+
+    def _check_log_dir_exists(self) -> None:
+        if self._fs.isfile(self.metrics_file_path):
+            with self._fs.open(self.metrics_file_path, "r", newline="") as f:
+                self.metrics_keys = list(csv.DictReader(f).fieldnames or [])
+
+    def drop_rows_from(self, step: int) -> int:
+        """Remove rows logged at `step` or later (they will be logged again); returns how many."""
+        if not self._fs.isfile(self.metrics_file_path):
+            return 0
+        with self._fs.open(self.metrics_file_path, "r", newline="") as f:
+            reader = csv.DictReader(f)
+            fieldnames, rows = reader.fieldnames or [], list(reader)
+        kept = [r for r in rows if not r.get("step") or int(float(r["step"])) < step]
+        if len(kept) != len(rows):
+            with self._fs.open(self.metrics_file_path, "w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=fieldnames)
+                writer.writeheader()
+                writer.writerows(kept)
+        return len(rows) - len(kept)
+
+
+class ContinuingCSVLogger(CSVLogger):
+    """CSVLogger whose metrics.csv survives resuming: each step appears exactly once.
+
+    Hand-written because Lightning's CSVLogger starts a new file on every run. Here a
+    resumed or requeued run keeps the rows up to the checkpoint it resumes from and drops
+    the ones logged after it (they are logged again), and every checkpoint flushes the
+    buffered rows, so a crash after a checkpoint loses no rows before it.
+    """
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> _ContinuingWriter:
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _ContinuingWriter(log_dir=self.log_dir)
+        return self._experiment
+
+    @rank_zero_only
+    def resume_from_step(self, step: int) -> None:
+        self.experiment.metrics = [m for m in self.experiment.metrics if m.get("step", 0) < step]
+        self.experiment.drop_rows_from(step)
+
+    def after_save_checkpoint(self, checkpoint_callback) -> None:
+        self.save()

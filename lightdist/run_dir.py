@@ -26,7 +26,6 @@ from omegaconf import DictConfig, OmegaConf
 CONFIG_FILE = "config.yaml"
 RUN_FILE = "run.json"
 SUMMARY_FILE = "summary.json"
-CHECKPOINT_DIR = "checkpoints"
 
 _PACKAGES = ("torch", "lightning", "hydra-core", "omegaconf", "torchmetrics", "deepspeed", "wandb", "kornia",
              "numpy", "lightdist")

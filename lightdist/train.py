@@ -5,21 +5,21 @@ saved config, and tests may call it directly."""
 import logging
 import time
 import warnings
-import zipfile
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar
 from omegaconf import DictConfig, OmegaConf
 
 from lightdist import run_dir as rd
+from lightdist.callbacks.continuity import LogContinuity
+from lightdist.checkpoints import resolve_ckpt_path
 from lightdist.config.validate import accepted_kwargs
 from lightdist.distributed.strategy import build_strategy, processes_per_node
 from lightdist.distributed.threads import configure_threads
-from lightdist.errors import CheckpointError
 from lightdist.loggers import finish_wandb
 
 log = logging.getLogger(__name__)
@@ -42,10 +42,14 @@ def build_task(cfg: DictConfig, facts: dict[str, Any]) -> L.LightningModule:
     return instantiate_with_facts(cfg.task, facts, model=model, optimizer=optimizer, scheduler=scheduler)
 
 
-def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
+def build_callbacks(cfg: DictConfig, has_logger: bool) -> list[L.Callback]:
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
+    callbacks.append(LogContinuity())  # not optional: resumed runs must not duplicate logged steps
+    # Callbacks that only make sense with what was switched off are dropped rather than refused.
     if not cfg.trainer.get("enable_progress_bar", True):
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
+    if not has_logger:
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     return callbacks
 
 
@@ -58,29 +62,10 @@ def build_trainer(cfg: DictConfig, run_dir: Path) -> L.Trainer:
     return instantiate(
         cfg.trainer,
         strategy=build_strategy(cfg.get("strategy")),
-        callbacks=build_callbacks(cfg),
+        callbacks=build_callbacks(cfg, has_logger=bool(loggers)),
         logger=loggers if loggers else False,
         default_root_dir=str(run_dir),
     )
-
-
-def resolve_ckpt_path(ckpt_path: str | None, run_dir: Path) -> str | None:
-    """`last`: this run directory's last.ckpt; a path: must be a readable checkpoint."""
-    if ckpt_path in (None, ""):
-        return None
-    if ckpt_path == "last":
-        path = run_dir / rd.CHECKPOINT_DIR / "last.ckpt"
-        if not path.exists():
-            raise CheckpointError(f"ckpt_path=last but {path} does not exist",
-                                  hint="resume inside an existing run with run_dir=<that run's directory>")
-        return str(path)
-    path = Path(ckpt_path).expanduser()
-    if not path.exists():
-        raise CheckpointError(f"checkpoint {path} does not exist", hint="pass ckpt_path=last or an existing .ckpt")
-    if path.is_file() and not zipfile.is_zipfile(path):
-        raise CheckpointError(f"checkpoint {path} is not a readable PyTorch checkpoint (corrupt or truncated)",
-                              hint="pick another checkpoint, e.g. ckpt_path=last")
-    return str(path.resolve())
 
 
 def _metrics(values: dict[str, Any]) -> dict[str, float]:
@@ -90,7 +75,7 @@ def _metrics(values: dict[str, Any]) -> dict[str, float]:
 def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Train (and test) what `cfg` describes; returns the summary (rank 0 also writes it)."""
     started = time.time()
-    configure_threads(cfg.threads_per_rank, processes_per_node(cfg.trainer))
+    threads = configure_threads(cfg.threads_per_rank, processes_per_node(cfg.trainer))
     if cfg.get("matmul_precision"):
         torch.set_float32_matmul_precision(cfg.matmul_precision)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -126,6 +111,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             "global_step": trainer.global_step,
             "epochs": trainer.current_epoch,
             "world_size": trainer.world_size,
+            "threads_per_rank": threads,
             "interrupted": trainer.interrupted,
             "wall_time_s": round(time.time() - started, 2),
         }

@@ -23,7 +23,7 @@ from lightdist.errors import ConfigError
 _HYDRA_KEYS = {"_target_", "_partial_", "_recursive_", "_convert_", "_args_"}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def signature_of(target: str) -> tuple[dict[str, inspect.Parameter], dict[str, Any], bool]:
     """(parameters, type hints, accepts **kwargs) of a `_target_` class or function."""
     try:
@@ -175,6 +175,9 @@ def check_devices(trainer: DictConfig) -> None:
         if count is not None and count > cores:
             raise ConfigError(f"trainer.devices={count} CPU processes but this machine gives {cores} core(s)",
                               hint=f"use trainer.devices<={cores}")
+        if trainer.get("sync_batchnorm"):
+            raise ConfigError("trainer.sync_batchnorm=true needs GPUs (torch's SyncBatchNorm is CUDA-only)",
+                              hint="on CPU use model.norm=group where the model offers it, or leave it false")
         if trainer.get("precision") in _FP16:
             raise ConfigError(f"trainer.precision={trainer.precision} (float16) needs a GPU",
                               hint="on CPU use trainer.precision=bf16-mixed or 32")

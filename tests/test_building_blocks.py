@@ -1,0 +1,118 @@
+"""Unit tests of the pieces the tasks are made of: splits, samplers, optimizer groups, schedules, models."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from lightdist.data.augment import ImageAugmentation
+from lightdist.data.samplers import UnpaddedDistributedSampler
+from lightdist.data.splits import stratified_split, stratified_subset
+from lightdist.models.cnn import SimpleCNN
+from lightdist.models.resnet import ResNet
+from lightdist.tasks import schedules
+from lightdist.tasks.optim import build_optimizer, param_groups
+
+
+def test_stratified_split_is_seeded_disjoint_and_proportional():
+    labels = np.repeat(np.arange(4), [100, 50, 30, 20])
+    keep, held = stratified_split(labels, 40, seed=3)
+    assert len(held) == 40 and len(keep) == 160 and not set(keep) & set(held)
+    assert np.bincount(labels[held]).tolist() == [20, 10, 6, 4]
+    keep2, held2 = stratified_split(labels, 40, seed=3)
+    assert np.array_equal(held, held2)
+    assert not np.array_equal(held, stratified_split(labels, 40, seed=4)[1])
+    assert len(stratified_split(labels, 0.25, seed=0)[1]) == 50
+    assert np.bincount(labels[stratified_subset(labels, 20, seed=0)]).tolist() == [10, 5, 3, 2]
+
+
+@pytest.mark.parametrize("n", [10, 11, 13])
+def test_unpadded_sampler_sees_every_sample_once(n):
+    world = 3
+    seen = [i for r in range(world) for i in UnpaddedDistributedSampler(range(n), world, r)]
+    assert sorted(seen) == list(range(n))
+    assert sum(len(UnpaddedDistributedSampler(range(n), world, r)) for r in range(world)) == n
+
+
+def test_weight_decay_skips_biases_and_norms():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4, 2))
+    groups = param_groups(model.named_parameters(), 0.1)
+    decayed = {id(p) for p in groups[0]["params"]}
+    assert groups[0]["weight_decay"] == 0.1 and groups[1]["weight_decay"] == 0.0
+    assert decayed == {id(model[0].weight), id(model[3].weight)}
+    from functools import partial
+    opt = build_optimizer(partial(torch.optim.SGD, lr=0.1, weight_decay=5e-4), model)
+    assert [g["weight_decay"] for g in opt.param_groups] == [5e-4, 0.0]
+
+
+def _lrs(sched_dict, optimizer, steps):
+    lrs = []
+    for _ in range(steps):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        sched_dict["scheduler"].step()
+    return lrs
+
+
+def test_cosine_with_warmup_values():
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+    lrs = _lrs(schedules.cosine(opt, total_steps=110, steps_per_epoch=10, warmup_epochs=1.0,
+                                warmup_start_factor=0.0, min_lr_ratio=0.1), opt, 111)
+    assert lrs[0] == 0.0 and lrs[5] == pytest.approx(0.5) and lrs[10] == pytest.approx(1.0)
+    assert lrs[60] == pytest.approx(0.1 + 0.9 * 0.5)  # half way through the cosine
+    assert lrs[110] == pytest.approx(0.1)
+
+
+def test_schedule_follows_config_after_resume_with_a_longer_plan():
+    """A checkpoint stores the step count only: resuming with more epochs stretches the plan, never fails."""
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+    short = schedules.one_cycle(opt, total_steps=20, steps_per_epoch=10)["scheduler"]
+    for _ in range(20):
+        opt.step()
+        short.step()
+    state = short.state_dict()
+    opt2 = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+    longer = schedules.one_cycle(opt2, total_steps=30, steps_per_epoch=10)["scheduler"]
+    longer.load_state_dict(state)
+    for _ in range(10):
+        opt2.step()
+        longer.step()
+    assert longer.last_epoch == 30 and opt2.param_groups[0]["lr"] < 1e-3
+
+
+def test_step_and_one_cycle_and_plateau():
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0, momentum=0.9)
+    lrs = _lrs(schedules.step_decay(opt, total_steps=100, steps_per_epoch=10, step_epochs=3, gamma=0.5), opt, 61)
+    assert lrs[29] == 1.0 and lrs[30] == 0.5 and lrs[60] == 0.25
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0, momentum=0.9)
+    lrs = _lrs(schedules.one_cycle(opt, total_steps=100, steps_per_epoch=10, pct_start=0.3), opt, 100)
+    assert max(lrs) == pytest.approx(1.0) and int(np.argmax(lrs)) == 30 and lrs[0] == pytest.approx(1 / 25)
+    assert lrs[-1] < 1e-3 and lrs[65] == pytest.approx((1 + 1 / 25e4) / 2, rel=1e-3)
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+    cfg = schedules.plateau(opt, 100, 10, monitor="val/acc", mode="max", patience=0)
+    assert cfg["monitor"] == "val/acc" and cfg["interval"] == "epoch"
+
+
+@pytest.mark.parametrize("depth,params", [(18, 11.17e6), (34, 21.28e6), (20, 0.27e6), (56, 0.85e6)])
+def test_resnet_sizes_match_the_papers(depth, params):
+    model = ResNet(depth=depth, in_channels=3, num_classes=10)
+    n = sum(p.numel() for p in model.parameters())
+    assert n == pytest.approx(params, rel=0.03)
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_simple_cnn_and_resnet_on_28px_single_channel():
+    x = torch.randn(3, 1, 28, 28)
+    assert SimpleCNN(in_channels=1, num_classes=10, image_size=28)(x).shape == (3, 10)
+    assert ResNet(depth=20, in_channels=1, num_classes=7)(x).shape == (3, 7)
+    assert SimpleCNN(channels=(8, 16, 32), image_size=28)(x).shape == (3, 10)
+
+
+def test_augmentation_keeps_shapes_and_changes_pixels():
+    torch.manual_seed(0)
+    aug = ImageAugmentation(crop_padding=4, horizontal_flip=True, rotation_degrees=15, translate=0.1, zoom=0.1,
+                            random_erasing=1.0)
+    x = torch.rand(16, 3, 32, 32)
+    y = aug(x)
+    assert y.shape == x.shape and not torch.allclose(x, y)
+    assert not ImageAugmentation().enabled

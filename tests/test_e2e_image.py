@@ -1,0 +1,132 @@
+"""End-to-end: the real CLI in a subprocess, on the real Fashion-MNIST files.
+
+One process, two processes over gloo, a multirun of DDP jobs, resuming, DDP gradient
+averaging parity, and the CIFAR path on canonical files written here.
+"""
+
+import csv
+import json
+import os
+
+import pytest
+import torch
+
+from tests.conftest import QUIET, needs_fashion_mnist, read_summary, run_cli, run_dirs
+from tests.test_vision_data import write_cifar10
+
+SMALL = ["data.train_subset=2000", "data.val_subset=500", "data.test_subset=1000", *QUIET]
+
+
+def metrics_rows(run_dir):
+    with open(run_dir / "metrics.csv") as f:
+        return list(csv.DictReader(f))
+
+
+@needs_fashion_mnist
+def test_one_process_trains_on_real_data_and_resumes(workdir):
+    args = ["+experiment=fashion_mnist_cnn", "data.train_subset=6000", "data.val_subset=1000",
+            "data.test_subset=2000", "trainer.max_epochs=2", "trainer.log_every_n_steps=10", *QUIET]
+    run_cli(args, cwd=workdir)
+    (run_dir,) = run_dirs(workdir, "fashion_mnist_cnn")
+    for name in ("config.yaml", "run.json", "summary.json", "metrics.csv", "confusion_matrix.png", "train.log",
+                 ".hydra/config.yaml", ".hydra/overrides.yaml", "checkpoints/last.ckpt"):
+        assert (run_dir / name).exists(), name
+    summary = read_summary(run_dir)
+    # real-data check: 2 epochs on 6,000 images already classify most of the 2,000 test images
+    assert summary["test"]["test/acc"] > 0.78, summary
+    assert {"test/f1", "test/precision", "test/recall", "test/acc_top5"} <= set(summary["test"])
+    assert summary["best_checkpoint"] and os.path.exists(summary["best_checkpoint"])
+    run = json.loads((run_dir / "run.json").read_text())
+    assert run["versions"]["torch"] and run["versions"]["lightning"] and len(run["segments"]) == 1
+    steps_two_epochs = summary["global_step"]
+
+    # resume in the same run directory: continues from the saved step, no epoch repeated
+    run_cli(["run_dir=" + str(run_dir), "ckpt_path=last", *args, "trainer.max_epochs=3"], cwd=workdir)
+    assert run_dirs(workdir, "fashion_mnist_cnn") == [run_dir]
+    resumed = read_summary(run_dir)
+    assert resumed["global_step"] == steps_two_epochs * 3 // 2
+    val_epochs = [r["epoch"] for r in metrics_rows(run_dir) if r.get("val/acc")]
+    assert val_epochs == ["0", "1", "2"], val_epochs
+    assert len(json.loads((run_dir / "run.json").read_text())["segments"]) == 2
+
+
+@needs_fashion_mnist
+def test_ddp_two_processes_write_one_run(workdir):
+    run_cli(["trainer=cpu_ddp", "logger=[csv,wandb]", "trainer.max_epochs=1", *SMALL], cwd=workdir)
+    dirs = run_dirs(workdir)
+    assert len(dirs) == 1, dirs
+    (run_dir,) = dirs
+    # everything lives in that one directory: nothing per rank, nothing beside it
+    assert sorted(p.name for p in (workdir / "outputs" / "default").iterdir()) == [run_dir.name]
+    assert not (workdir / "lightning_logs").exists() and not (workdir / "wandb").exists()
+    assert len(list(run_dir.rglob("config.yaml"))) == 2  # ours + Hydra's .hydra/config.yaml
+    wandb_runs = list((run_dir / "wandb").glob("offline-run-*"))
+    assert len(wandb_runs) == 1, wandb_runs
+    summary = read_summary(run_dir)
+    assert summary["world_size"] == 2
+    assert summary["threads_per_rank"] == max(1, len(os.sched_getaffinity(0)) // 2)
+    # each validation epoch logged once, by rank 0
+    assert [r["epoch"] for r in metrics_rows(run_dir) if r.get("val/acc")] == ["0"]
+
+
+@needs_fashion_mnist
+def test_multirun_of_ddp_jobs(workdir):
+    run_cli(["-m", "trainer=cpu_ddp", "optimizer.lr=0.001,0.002", "trainer.max_steps=3", "test_after_fit=false",
+             "trainer.limit_val_batches=2", *SMALL], cwd=workdir, timeout=400)
+    sweeps = list((workdir / "outputs" / "default").iterdir())
+    assert len(sweeps) == 1 and sweeps[0].name.startswith("multirun-")
+    jobs = sorted(p for p in sweeps[0].iterdir() if p.is_dir())
+    assert [p.name for p in jobs] == ["0", "1"]
+    import yaml
+
+    lrs = [yaml.safe_load((job / "config.yaml").read_text())["optimizer"]["lr"] for job in jobs]
+    assert lrs == [0.001, 0.002]
+    for job in jobs:
+        summary = read_summary(job)
+        assert summary["world_size"] == 2 and summary["global_step"] == 3
+
+
+@needs_fashion_mnist
+def test_ddp_averages_gradients_exactly(workdir):
+    """2 ranks x batch b == 1 process x batch 2b on the same samples, step for step.
+
+    DistributedSampler without shuffling gives rank r the samples r, r+2, ...; so each
+    step of the 2-rank run sees exactly the samples of the same step of the 1-process
+    run. GroupNorm normalises each sample on its own (torch's SyncBatchNorm is CUDA-only),
+    so only the gradient averaging links the ranks: if gradients were summed, or not
+    synchronised at all, parameters would differ after a few steps.
+    """
+    common = ["data.shuffle=false", "data.augment=null", "data.train_subset=640", "model.dropout=0.0",
+              "model.channels=[8,16]", "model.hidden=32", "model.norm=group", "optimizer=sgd", "optimizer.lr=0.05",
+              "scheduler=none", "trainer.max_steps=6", "trainer.limit_val_batches=0", "test_after_fit=false",
+              "trainer.num_sanity_val_steps=0", "logger=none", *QUIET]
+    single, double = workdir / "single", workdir / "double"
+    single.mkdir(), double.mkdir()
+    run_cli(["trainer=cpu", "data.batch_size=32", *common], cwd=single)
+    run_cli(["trainer=cpu_ddp", "data.batch_size=16", *common], cwd=double)
+    a = torch.load(run_dirs(single)[0] / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    b = torch.load(run_dirs(double)[0] / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    assert a.keys() == b.keys()
+    moved = 0.0
+    for key in a:
+        if a[key].is_floating_point():
+            # fp32, 6 SGD steps: differences are reduction-order rounding only
+            torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=2e-5, msg=key)
+            moved = max(moved, (a[key] - 0).abs().max().item())
+    init = torch.load(run_dirs(single)[0] / "checkpoints" / "last.ckpt", weights_only=False)
+    assert init["global_step"] == 6 and moved > 0
+
+
+def test_cifar10_files_fast_dev_run(workdir):
+    write_cifar10(workdir / "data", per_batch=40)
+    run_cli(["data=cifar10", f"data.root={workdir / 'data'}", "data.val_size=20", "model=resnet20",
+             "+debug=fast_dev_run", "data.batch_size=8", *QUIET], cwd=workdir)
+
+
+@pytest.mark.parametrize("strategy", ["ddp_fork", "ddp_spawn"])
+@needs_fashion_mnist
+def test_fork_and_spawn_strategies(strategy, workdir):
+    run_cli(["trainer=cpu_ddp", f"strategy={strategy}", "trainer.max_steps=2", "trainer.limit_val_batches=1",
+             "trainer.limit_test_batches=1", "logger=csv", *SMALL], cwd=workdir)
+    (run_dir,) = run_dirs(workdir)
+    assert read_summary(run_dir)["world_size"] == 2
