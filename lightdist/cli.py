@@ -134,10 +134,11 @@ def check_config(cfg, run_dir: Path | None = None) -> None:
     from omegaconf import OmegaConf
 
     from lightdist.checkpoints import resolve_ckpt_path
-    from lightdist.config.validate import check_devices, check_targets
+    from lightdist.config.validate import check_devices, check_precision, check_targets
 
     check_targets(cfg)
     check_devices(cfg.trainer)
+    check_precision(cfg.trainer, cfg.get("strategy"))
     if run_dir is None:  # before Hydra: where this run's directory will be
         run_dir = Path(resolvers.run_dir(cfg.get("run_dir"), f"{OmegaConf.select(cfg, 'paths.log_dir')}/{cfg.name}"))
     resolve_ckpt_path(cfg.get("ckpt_path"), run_dir)
@@ -258,9 +259,25 @@ def preflight_command(argv: list[str]) -> None:
           f"devices={cfg.trainer.devices} num_nodes={cfg.trainer.num_nodes} precision={cfg.trainer.precision}")
 
 
+def convert_command(argv: list[str]) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="lightdist convert",
+        description="Consolidate a checkpoint (a file, an FSDP sharded directory or a DeepSpeed ZeRO directory) "
+                    "into one file with the full model weights, loadable on one device.")
+    parser.add_argument("checkpoint", help="checkpoint file or sharded checkpoint directory")
+    parser.add_argument("-o", "--output", help="output file (default: <checkpoint>.consolidated.ckpt)")
+    args = parser.parse_args(argv)
+    from lightdist.checkpoints import consolidate
+
+    print(guarded(consolidate, args.checkpoint, args.output))
+
+
 COMMANDS: dict[str, Callable[[list[str]], None]] = {
     "train": train_command,
     "preflight": preflight_command,
+    "convert": convert_command,
 }
 
 

@@ -16,8 +16,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from lightdist import run_dir as rd
 from lightdist.callbacks.continuity import LogContinuity
-from lightdist.checkpoints import resolve_ckpt_path
+from lightdist.callbacks.timing import FirstStepTime
+from lightdist.checkpoints import load_consolidated, resolve_ckpt_path
 from lightdist.config.validate import accepted_kwargs
+from lightdist.distributed.memory import ModelStateSize
+from lightdist.distributed.sharding import check_module, needs_consolidated_weights
 from lightdist.distributed.strategy import build_strategy, processes_per_node
 from lightdist.distributed.threads import configure_threads
 from lightdist.loggers import finish_wandb
@@ -44,7 +47,8 @@ def build_task(cfg: DictConfig, facts: dict[str, Any]) -> L.LightningModule:
 
 def build_callbacks(cfg: DictConfig, has_logger: bool) -> list[L.Callback]:
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
-    callbacks.append(LogContinuity())  # not optional: resumed runs must not duplicate logged steps
+    # Not optional: resumed runs must not duplicate logged steps; the summary reports start-up time.
+    callbacks += [LogContinuity(), FirstStepTime(), ModelStateSize()]
     # Callbacks that only make sense with what was switched off are dropped rather than refused.
     if not cfg.trainer.get("enable_progress_bar", True):
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
@@ -61,7 +65,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path) -> L.Trainer:
     loggers = build_loggers(cfg)
     return instantiate(
         cfg.trainer,
-        strategy=build_strategy(cfg.get("strategy")),
+        strategy=build_strategy(cfg.get("strategy"), cfg.trainer.get("accelerator", "auto")),
         callbacks=build_callbacks(cfg, has_logger=bool(loggers)),
         logger=loggers if loggers else False,
         default_root_dir=str(run_dir),
@@ -85,6 +89,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     task = build_task(cfg, facts)
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), run_dir)
     trainer = build_trainer(cfg, run_dir)
+    check_module(trainer.strategy, task, cfg.trainer.precision)
     if trainer.is_global_zero:
         hparams = OmegaConf.to_container(cfg, resolve=True)
         for logger in trainer.loggers:
@@ -97,7 +102,13 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         checkpoint = trainer.checkpoint_callback
         best = checkpoint.best_model_path if isinstance(checkpoint, ModelCheckpoint) else ""
         if cfg.get("test_after_fit", True) and not trainer.interrupted:
-            results = trainer.test(task, datamodule=datamodule, ckpt_path=best or None, verbose=False)
+            # The best checkpoint is loaded into a freshly built task: sharded strategies (FSDP)
+            # wrap the module again for evaluation, which a module already sharded by fit breaks.
+            test_task, test_ckpt = (build_task(cfg, facts), best) if best else (task, None)
+            if best and needs_consolidated_weights(trainer.strategy):
+                test_task.load_state_dict(load_consolidated(best)["state_dict"])
+                test_ckpt = None
+            results = trainer.test(test_task, datamodule=datamodule, ckpt_path=test_ckpt, verbose=False)
             test_metrics = _metrics(results[0]) if results else {}
         summary = {
             "name": cfg.get("name"),
@@ -114,6 +125,9 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             "threads_per_rank": threads,
             "interrupted": trainer.interrupted,
             "wall_time_s": round(time.time() - started, 2),
+            "first_step_at": next((c.at for c in trainer.callbacks if isinstance(c, FirstStepTime)), None),
+            "model_state_bytes_per_rank": next(
+                (c.per_rank for c in trainer.callbacks if isinstance(c, ModelStateSize)), None),
         }
         if trainer.is_global_zero:
             rd.write_json(run_dir / rd.SUMMARY_FILE, summary)

@@ -35,11 +35,18 @@ def test_unpadded_sampler_sees_every_sample_once(n):
 
 
 def test_weight_decay_skips_biases_and_norms():
-    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4, 2))
-    groups = param_groups(model.named_parameters(), 0.1)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4, 2), nn.LayerNorm(2),
+                          nn.LSTM(2, 2))
+    groups = param_groups(model, 0.1)
     decayed = {id(p) for p in groups[0]["params"]}
     assert groups[0]["weight_decay"] == 0.1 and groups[1]["weight_decay"] == 0.0
-    assert decayed == {id(model[0].weight), id(model[3].weight)}
+    assert decayed == {id(model[0].weight), id(model[3].weight), id(model[5].weight_ih_l0), id(model[5].weight_hh_l0)}
+    # the same answer when every parameter is a flattened 1-D view, as under FSDP
+    with torch.no_grad():
+        for sub in model.modules():
+            for name, p in list(sub.named_parameters(recurse=False)):
+                setattr(sub, name, nn.Parameter(p.reshape(-1)))
+    assert len(param_groups(model, 0.1)[0]["params"]) == 4
     from functools import partial
     opt = build_optimizer(partial(torch.optim.SGD, lr=0.1, weight_decay=5e-4), model)
     assert [g["weight_decay"] for g in opt.param_groups] == [5e-4, 0.0]

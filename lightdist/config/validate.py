@@ -144,6 +144,22 @@ def check_targets(cfg: DictConfig) -> None:
 _FP16 = {16, "16", "16-mixed", "16-true"}
 
 
+def strategy_family(strategy: DictConfig | None) -> str:
+    target = ((strategy or {}).get("_target_") or "").lower()
+    return next((family for family in ("fsdp", "deepspeed") if family in target), "ddp")
+
+
+def check_precision(trainer: DictConfig, strategy: DictConfig | None) -> None:
+    """Combinations of precision and strategy that cannot run on CPU (the GPU ones are Lightning's to judge)."""
+    if trainer.get("accelerator") != "cpu":
+        return
+    precision, family = str(trainer.get("precision")), strategy_family(strategy)
+    if family == "fsdp" and precision.startswith("bf16"):
+        raise ConfigError(f"trainer.precision={precision} with strategy=fsdp is not supported on CPU "
+                          "(FSDP's mixed precision evaluates incorrectly there)",
+                          hint="use trainer.precision=32-true for FSDP on CPU; bf16 FSDP runs on GPUs")
+
+
 def check_devices(trainer: DictConfig) -> None:
     """Refuse device requests this machine cannot give, before any process starts."""
     import torch

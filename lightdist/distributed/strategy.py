@@ -5,14 +5,23 @@ from typing import Any
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from lightdist.config.validate import signature_of
 
-def build_strategy(cfg: DictConfig | None) -> Any:
-    """A Strategy object for groups with a `_target_` (ddp, fsdp, deepspeed...), else a registry name."""
+
+def build_strategy(cfg: DictConfig | None, accelerator: str) -> Any:
+    """A Strategy object for groups with a `_target_` (ddp, fsdp, deepspeed...), else a registry name.
+
+    lightdist's own factories (fsdp, deepspeed) are told the device type, to pick their CPU
+    variant on CPU; Lightning's classes are built as configured.
+    """
     if cfg is None:
         return "auto"
-    if "_target_" in cfg:
-        return instantiate(cfg)
-    return cfg.get("name", "auto")
+    if "_target_" not in cfg:
+        return cfg.get("name", "auto")
+    params, _, _ = signature_of(cfg._target_)
+    if "device_type" in params:
+        return instantiate(cfg, device_type=accelerator)
+    return instantiate(cfg)
 
 
 def processes_per_node(trainer_cfg: DictConfig) -> int:

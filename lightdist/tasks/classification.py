@@ -63,28 +63,26 @@ class ClassificationTask(L.LightningModule):
             # Kept out of the module tree so state_dict keys stay those of the plain model.
             object.__setattr__(self, "_compiled", torch.compile(self.model))
 
-    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        if self.flops_per_batch is None:
-            self.flops_per_batch = self._measure_flops(self.split_batch(batch)[0])
-
-    @torch.no_grad()
-    def _measure_flops(self, inputs: Any) -> int:
-        """Training FLOPs of one batch: 3x the counted forward FLOPs (the backward costs about 2x the forward)."""
-        from torch.utils.flop_counter import FlopCounterMode
-
-        was_training = self.model.training
-        self.model.eval()  # no batch-norm statistics update from this extra forward
-        try:
-            with FlopCounterMode(display=False) as counter:
-                self.model(inputs)
-        finally:
-            self.model.train(was_training)
-        return 3 * counter.get_total_flops()
-
     def _step(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         inputs, targets = self.split_batch(batch)
-        logits = self(inputs)
+        if self.flops_per_batch is None and self.training:
+            logits = self._counting_flops(inputs)
+        else:
+            logits = self(inputs)
         return logits, targets, self.criterion(logits, targets)
+
+    def _counting_flops(self, inputs: Any) -> torch.Tensor:
+        """The first training forward, counted: FLOPs per batch = 3x forward (backward ~ 2x forward).
+
+        Counted inside the real step so that sharded strategies (FSDP, ZeRO-3) have their
+        parameters gathered, as in every other forward.
+        """
+        from torch.utils.flop_counter import FlopCounterMode
+
+        with FlopCounterMode(display=False) as counter:
+            logits = self(inputs)
+        self.flops_per_batch = 3 * counter.get_total_flops()
+        return logits
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         logits, targets, loss = self._step(batch)

@@ -1,0 +1,41 @@
+"""Helpers shared by the benchmarks: composing a lightdist config in-process, writing results."""
+
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "bench" / "results"
+DATA = Path(os.environ.get("LIGHTDIST_DATA") or REPO.parent / "shared" / "data").resolve()
+
+
+def compose_resolved(overrides: list[str], run_dir: Path):
+    """A fully resolved config for an in-process run in `run_dir` (no Hydra run directory)."""
+    from omegaconf import OmegaConf
+
+    from lightdist.cli import compose
+    from lightdist.config import resolvers
+
+    resolvers.register()
+    os.environ.setdefault("LIGHTDIST_DATA", str(DATA))
+    cfg = compose([*overrides, f"paths.output_dir={run_dir}"])
+    return OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+
+
+def machine() -> dict:
+    import torch
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "cpus": os.cpu_count(),
+            "cores_available": len(os.sched_getaffinity(0)), "processor": platform.processor() or platform.machine()}
+
+
+def write_result(name: str, result: dict) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    result = {"benchmark": name, "when": time.strftime("%Y-%m-%d %H:%M:%S"), "command": " ".join(sys.argv),
+              "machine": machine(), **result}
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    return path

@@ -1,0 +1,85 @@
+"""Weak scaling of CPU DDP and start-up time, with the real CLI in subprocesses.
+
+1 rank vs 2 ranks over gloo, one thread per rank, the same per-rank batch: ideal weak
+scaling doubles the samples/s. Efficiency = samples/s(2 ranks) / (2 x samples/s(1 rank)),
+from the steady-state steps of each run (the first `--warmup` steps are excluded).
+Also: seconds from starting the command to the end of the first optimizer step of a
+2-process run (imports, launching rank 1, data loading, DDP set-up, first step).
+
+    python bench/scaling.py
+"""
+
+import argparse
+import csv
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import DATA, write_result  # noqa: E402
+
+
+def run(args: list[str], cwd: Path) -> tuple[float, Path]:
+    env = dict(os.environ, LIGHTDIST_DATA=str(DATA), WANDB_MODE="offline")
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    started = time.time()
+    subprocess.run([sys.executable, "-m", "lightdist", *args], cwd=cwd, env=env, check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    (run_dir,) = [p.parent for p in (cwd / "outputs").rglob("summary.json")]
+    return started, run_dir
+
+
+def steady_samples_per_s(run_dir: Path, warmup: int) -> float:
+    """Samples/s of all ranks from ThroughputMonitor rows after the warm-up steps.
+
+    With one rank the monitor only logs the per-device rate, which then is the global one.
+    """
+    rows = list(csv.DictReader(open(run_dir / "metrics.csv")))
+    key = "train/samples_per_sec" if any(r.get("train/samples_per_sec") for r in rows) else \
+        "train/device/samples_per_sec"
+    values = [float(r[key]) for r in rows if r.get(key) and int(r["step"]) >= warmup]
+    return sum(values) / len(values)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=120)
+    parser.add_argument("--warmup", type=int, default=20)
+    parser.add_argument("--batch", type=int, default=64, help="per-rank batch size")
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args()
+    common = ["+experiment=fashion_mnist_cnn", "data.augment=null", "data.train_subset=20000",
+              f"data.batch_size={args.batch}", f"trainer.max_steps={args.steps}", "trainer.limit_val_batches=0",
+              "trainer.num_sanity_val_steps=0", "test_after_fit=false", "threads_per_rank=1",
+              "trainer.enable_progress_bar=false", "trainer.log_every_n_steps=5",
+              "callbacks.throughput.window_size=10", "callbacks.model_checkpoint=null"]
+    one, two, startup = [], [], []
+    for r in range(args.rounds):
+        with tempfile.TemporaryDirectory() as tmp:
+            _, run_dir = run(["trainer=cpu", *common], Path(tmp))
+            one.append(steady_samples_per_s(run_dir, args.warmup))
+        with tempfile.TemporaryDirectory() as tmp:
+            started, run_dir = run(["trainer=cpu_ddp", "trainer.devices=2", *common], Path(tmp))
+            two.append(steady_samples_per_s(run_dir, args.warmup))
+            first = json.loads((run_dir / "summary.json").read_text())["first_step_at"]
+            startup.append(first - started)
+        print(f"round {r + 1}: 1 rank {one[-1]:.1f} samples/s, 2 ranks {two[-1]:.1f} samples/s, "
+              f"efficiency {two[-1] / (2 * one[-1]):.3f}, command to first step {startup[-1]:.1f} s", flush=True)
+    s1, s2 = sum(one) / len(one), sum(two) / len(two)
+    efficiency = s2 / (2 * s1)
+    print(f"\nweak scaling, per-rank batch {args.batch}, 1 thread per rank: 1 rank {s1:.1f} samples/s, "
+          f"2 ranks {s2:.1f} samples/s, efficiency {efficiency:.3f}; "
+          f"command to first optimizer step (2 processes) {min(startup):.1f} s (best of {len(startup)})")
+    path = write_result("scaling", {"per_rank_batch": args.batch, "steps": args.steps, "warmup": args.warmup,
+                                    "samples_per_s_1_rank": one, "samples_per_s_2_ranks": two,
+                                    "efficiency": efficiency, "startup_to_first_step_s": startup})
+    print(f"written to {path}")
+
+
+if __name__ == "__main__":
+    main()
