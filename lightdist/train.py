@@ -129,6 +129,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             "model_state_bytes_per_rank": next(
                 (c.per_rank for c in trainer.callbacks if isinstance(c, ModelStateSize)), None),
         }
+        if torch.cuda.is_available():
+            summary["peak_gpu_memory_bytes"] = torch.cuda.max_memory_allocated()
         if trainer.is_global_zero:
             rd.write_json(run_dir / rd.SUMMARY_FILE, summary)
         summary["callback_metrics"] = _metrics(trainer.callback_metrics)
