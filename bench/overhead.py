@@ -9,6 +9,9 @@ logger, checkpoint/LR-monitor/throughput callbacks, train accuracy metric.
 
     python bench/overhead.py                      # the quickstart CNN
     python bench/overhead.py --model tiny         # a small model: fixed per-step costs show
+    python bench/overhead.py --gpu                # ResNet-18, CIFAR-10 format, bf16, 1 GPU
+
+In --gpu mode it also times the data loader alone (the ceiling the input pipeline sets).
 """
 
 import argparse
@@ -59,8 +62,28 @@ def lightdist_run(overrides: list[str], steps: int, warmup: int) -> float:
     return steps_per_second(timer.times, warmup)
 
 
+def loader_only(overrides: list[str], steps: int, warmup: int) -> float:
+    """Batches/s of the training data loader alone, moved to the device."""
+    from hydra.utils import instantiate
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = compose_resolved(overrides, Path(tmp))
+    dm = instantiate(cfg.data)
+    dm.setup("fit")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    times = []
+    while len(times) < steps:
+        for images, labels in dm.train_dataloader():
+            images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+            times.append(time.perf_counter())
+            if len(times) == steps:
+                break
+    return steps_per_second(times, warmup)
+
+
 def plain_run(overrides: list[str], steps: int, warmup: int) -> float:
-    """What a user writes by hand: a DataLoader, the model, AdamW with the same groups, the same schedule."""
+    """What a user writes by hand: a DataLoader, the model, the same optimizer groups and schedule,
+    the same on-device normalisation/augmentation, autocast for bf16-mixed, channels_last if set."""
     from hydra.utils import instantiate
 
     from lightdist.tasks.optim import build_optimizer
@@ -72,16 +95,27 @@ def plain_run(overrides: list[str], steps: int, warmup: int) -> float:
     dm = instantiate(cfg.data)
     facts = dm.facts()
     dm.setup("fit")
-    model = instantiate_with_facts(cfg.model, facts)
+    device = torch.device("cuda" if cfg.trainer.accelerator == "gpu" else "cpu")
+    channels_last = cfg.task.get("channels_last", False)
+    model = instantiate_with_facts(cfg.model, facts).to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(instantiate(cfg.optimizer), model)
     schedule = instantiate(cfg.scheduler)(optimizer, total_steps=steps, steps_per_epoch=steps)["scheduler"]
-    loader = torch.utils.data.DataLoader(dm.train_set, batch_size=dm.batch_size, shuffle=True)
+    loader = dm.train_dataloader()
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=str(cfg.trainer.precision) == "bf16-mixed")
     times, step = [], 0
     model.train()
     while step < steps:
         for images, labels in loader:
+            images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
             x = dm.normalize(images)
-            loss = torch.nn.functional.cross_entropy(model(x), labels)
+            if dm.augment is not None:
+                x = dm.augment(x)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with autocast:
+                loss = torch.nn.functional.cross_entropy(model(x), labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -100,14 +134,28 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=len(__import__("os").sched_getaffinity(0)))
+    parser.add_argument("--gpu", action="store_true")
     args = parser.parse_args()
 
-    overrides = [*MODELS[args.model], "data=fashion_mnist", "data.augment=null", "data.train_subset=20000",
-                 "data.batch_size=128", "optimizer=adamw", "scheduler=cosine", "trainer.limit_val_batches=0",
-                 "trainer.num_sanity_val_steps=0", "trainer.enable_progress_bar=false",
-                 "trainer.enable_model_summary=false", "test_after_fit=false", f"threads_per_rank={args.threads}",
-                 "trainer.log_every_n_steps=50"]
+    common = ["trainer.limit_val_batches=0", "trainer.num_sanity_val_steps=0", "trainer.enable_progress_bar=false",
+              "trainer.enable_model_summary=false", "test_after_fit=false", f"threads_per_rank={args.threads}",
+              "trainer.log_every_n_steps=50"]
+    if args.gpu:
+        from tests.test_vision_data import write_cifar10
+
+        root = Path(tempfile.mkdtemp())
+        write_cifar10(root, per_batch=4000)
+        args.model = "resnet18_gpu"
+        overrides = ["+experiment=cifar_resnet", f"data.root={root}", "data.val_size=1000", "data.batch_size=256",
+                     "trainer.devices=1", "strategy=auto", "callbacks.throughput=null", *common]
+    else:
+        overrides = [*MODELS[args.model], "data=fashion_mnist", "data.augment=null", "data.train_subset=20000",
+                     "data.batch_size=128", "optimizer=adamw", "scheduler=cosine", *common]
     torch.set_num_threads(args.threads)
+    loader_rate = None
+    if args.gpu:
+        loader_rate = loader_only(overrides, args.steps, args.warmup)
+        print(f"data loader alone: {loader_rate:.2f} batches/s", flush=True)
     plain, framework = [], []
     for r in range(args.rounds):
         plain.append(plain_run(overrides, args.steps, args.warmup))
@@ -120,7 +168,8 @@ def main() -> None:
     path = write_result(f"overhead_{args.model}", {
         "model": args.model, "steps": args.steps, "warmup": args.warmup, "threads": args.threads,
         "plain_steps_per_s": plain, "lightdist_steps_per_s": framework,
-        "median_plain": p, "median_lightdist": f, "ratio": ratio, "overhead_pct": 100 * (1 - ratio)})
+        "median_plain": p, "median_lightdist": f, "ratio": ratio, "overhead_pct": 100 * (1 - ratio),
+        "loader_alone_batches_per_s": loader_rate})
     print(f"written to {path}")
 
 

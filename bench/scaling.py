@@ -2,7 +2,7 @@
 
 1 rank vs 2 ranks over gloo, one thread per rank, the same per-rank batch: ideal weak
 scaling doubles the samples/s. Efficiency = samples/s(2 ranks) / (2 x samples/s(1 rank)),
-from the steady-state steps of each run (the first `--warmup` steps are excluded).
+from the steady-state steps of each run (the first step, with its start-up costs, excluded).
 Also: seconds from starting the command to the end of the first optimizer step of a
 2-process run (imports, launching rank 1, data loading, DDP set-up, first step).
 
@@ -10,7 +10,6 @@ Also: seconds from starting the command to the end of the first optimizer step o
 """
 
 import argparse
-import csv
 import json
 import os
 import subprocess
@@ -28,44 +27,38 @@ def run(args: list[str], cwd: Path) -> tuple[float, Path]:
     env = dict(os.environ, LIGHTDIST_DATA=str(DATA), WANDB_MODE="offline")
     env.pop("PYTHONDONTWRITEBYTECODE", None)
     started = time.time()
-    subprocess.run([sys.executable, "-m", "lightdist", *args], cwd=cwd, env=env, check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.run([sys.executable, "-m", "lightdist", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"lightdist {' '.join(args)} failed:\n{proc.stderr[-5000:]}")
     (run_dir,) = [p.parent for p in (cwd / "outputs").rglob("summary.json")]
     return started, run_dir
 
 
-def steady_samples_per_s(run_dir: Path, warmup: int) -> float:
-    """Samples/s of all ranks from ThroughputMonitor rows after the warm-up steps.
-
-    With one rank the monitor only logs the per-device rate, which then is the global one.
-    """
-    rows = list(csv.DictReader(open(run_dir / "metrics.csv")))
-    key = "train/samples_per_sec" if any(r.get("train/samples_per_sec") for r in rows) else \
-        "train/device/samples_per_sec"
-    values = [float(r[key]) for r in rows if r.get(key) and int(r["step"]) >= warmup]
-    return sum(values) / len(values)
+def samples_per_s(run_dir: Path, per_rank_batch: int) -> float:
+    """Steady samples/s of all ranks: the summary's step rate (first step excluded) x global batch."""
+    summary = json.loads((run_dir / "summary.json").read_text())
+    return summary["train_steps_per_s"] * per_rank_batch * summary["world_size"]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=120)
-    parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--batch", type=int, default=64, help="per-rank batch size")
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
     common = ["+experiment=fashion_mnist_cnn", "data.augment=null", "data.train_subset=20000",
               f"data.batch_size={args.batch}", f"trainer.max_steps={args.steps}", "trainer.limit_val_batches=0",
               "trainer.num_sanity_val_steps=0", "test_after_fit=false", "threads_per_rank=1",
-              "trainer.enable_progress_bar=false", "trainer.log_every_n_steps=5",
-              "callbacks.throughput.window_size=10", "callbacks.model_checkpoint=null"]
+              "trainer.enable_progress_bar=false", "callbacks.throughput=null", "callbacks.model_checkpoint=null"]
     one, two, startup = [], [], []
     for r in range(args.rounds):
         with tempfile.TemporaryDirectory() as tmp:
             _, run_dir = run(["trainer=cpu", *common], Path(tmp))
-            one.append(steady_samples_per_s(run_dir, args.warmup))
+            one.append(samples_per_s(run_dir, args.batch))
         with tempfile.TemporaryDirectory() as tmp:
             started, run_dir = run(["trainer=cpu_ddp", "trainer.devices=2", *common], Path(tmp))
-            two.append(steady_samples_per_s(run_dir, args.warmup))
+            two.append(samples_per_s(run_dir, args.batch))
             first = json.loads((run_dir / "summary.json").read_text())["first_step_at"]
             startup.append(first - started)
         print(f"round {r + 1}: 1 rank {one[-1]:.1f} samples/s, 2 ranks {two[-1]:.1f} samples/s, "
@@ -75,7 +68,7 @@ def main() -> None:
     print(f"\nweak scaling, per-rank batch {args.batch}, 1 thread per rank: 1 rank {s1:.1f} samples/s, "
           f"2 ranks {s2:.1f} samples/s, efficiency {efficiency:.3f}; "
           f"command to first optimizer step (2 processes) {min(startup):.1f} s (best of {len(startup)})")
-    path = write_result("scaling", {"per_rank_batch": args.batch, "steps": args.steps, "warmup": args.warmup,
+    path = write_result("scaling", {"per_rank_batch": args.batch, "steps": args.steps,
                                     "samples_per_s_1_rank": one, "samples_per_s_2_ranks": two,
                                     "efficiency": efficiency, "startup_to_first_step_s": startup})
     print(f"written to {path}")

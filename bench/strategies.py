@@ -3,8 +3,8 @@
 CPU (default): 2 processes over gloo, the same model, data and steps under each strategy.
 GPU (--gpu): 1 GPU, bf16-mixed, ResNet-18 on CIFAR-10-format data, including a 32-true DDP
 run for the bf16 speed-up. Each run is the real CLI in a subprocess; the figures come from
-its summary.json (bytes of parameters, gradients and optimizer state held by each rank
-after an optimizer step) and metrics.csv (samples/s after the warm-up steps).
+its summary.json: bytes of parameters, gradients and optimizer state held by each rank
+after an optimizer step, and the step rate after the first step (times the global batch).
 
     python bench/strategies.py
     python bench/strategies.py --gpu --cifar-root /path/with/cifar-10-batches-py
@@ -19,20 +19,26 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import write_result  # noqa: E402
-from bench.scaling import run, steady_samples_per_s  # noqa: E402
+from bench.scaling import run, samples_per_s  # noqa: E402
 
+OFF = "callbacks.throughput=null"
 CPU_RUNS = {
-    "ddp": ["strategy=ddp"],
-    "fsdp": ["strategy=fsdp"],
-    "zero1": ["strategy=deepspeed_stage_1"],
-    "zero2": ["strategy=deepspeed_stage_2"],
-    "zero3": ["strategy=deepspeed_stage_3", "strategy.param_persistence_threshold=0"],
+    "ddp": ["strategy=ddp", OFF],
+    "fsdp": ["strategy=fsdp", OFF],
+    "zero1": ["strategy=deepspeed_stage_1", OFF],
+    "zero2": ["strategy=deepspeed_stage_2", OFF],
+    "zero3": ["strategy=deepspeed_stage_3", "strategy.param_persistence_threshold=0", OFF],
 }
 GPU_RUNS = {
-    "ddp_fp32": ["strategy=ddp", "trainer.precision=32-true"],
-    "ddp": ["strategy=ddp"],
-    "zero2": ["strategy=deepspeed_stage_2"],
-    "zero3": ["strategy=deepspeed_stage_3"],
+    "ddp": ["strategy=ddp", OFF],
+    "ddp_fp32": ["strategy=ddp", "trainer.precision=32-true", OFF],
+    "ddp_nhwc_off": ["strategy=ddp", "task.channels_last=false", OFF],
+    "ddp_no_augment": ["strategy=ddp", "data.augment=null", OFF],
+    # DeepSpeed broadcasts parameters as flat byte views: no channels_last weights
+    "zero2": ["strategy=deepspeed_stage_2", "task.channels_last=false", OFF],
+    "zero3": ["strategy=deepspeed_stage_3", "task.channels_last=false", OFF],
+    # Lightning's ThroughputMonitor synchronises the GPU after every step: what that costs
+    "ddp+monitor": ["strategy=ddp"],
 }
 
 
@@ -40,32 +46,31 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--gpu", action="store_true")
     parser.add_argument("--steps", type=int, default=None)
-    parser.add_argument("--warmup", type=int, default=None)
     parser.add_argument("--cifar-root", help="GPU mode: a folder holding cifar-10-batches-py (else synthetic files)")
     parser.add_argument("--out", help="also write the result JSON here")
     args = parser.parse_args()
 
     tmp_root = Path(tempfile.mkdtemp())
     if args.gpu:
-        steps, warmup = args.steps or 300, args.warmup or 50
+        steps, batch = args.steps or 300, 256
         root = args.cifar_root
         if root is None:  # CIFAR-10's exact on-disk format, random pixels: speed and memory only
             from tests.test_vision_data import write_cifar10
 
             write_cifar10(tmp_root / "data", per_batch=4000)
             root = str(tmp_root / "data")
-        common = ["+experiment=cifar_resnet", f"data.root={root}", "data.val_size=1000", "data.batch_size=256",
+        common = ["+experiment=cifar_resnet", f"data.root={root}", "data.val_size=1000", f"data.batch_size={batch}",
                   "trainer.devices=1", "data.num_workers=4"]
         runs = GPU_RUNS
     else:
-        steps, warmup = args.steps or 60, args.warmup or 15
+        steps, batch = args.steps or 60, 64
         common = ["trainer=cpu_ddp", "data=fashion_mnist", "model=simple_cnn", "model.hidden=1024",
-                  "data.augment=null", "data.train_subset=20000", "data.batch_size=64", "optimizer=adamw",
+                  "data.augment=null", "data.train_subset=20000", f"data.batch_size={batch}", "optimizer=adamw",
                   "threads_per_rank=1"]
         runs = CPU_RUNS
     common += [f"trainer.max_steps={steps}", "trainer.limit_val_batches=0", "trainer.num_sanity_val_steps=0",
-               "test_after_fit=false", "trainer.enable_progress_bar=false", "trainer.log_every_n_steps=5",
-               "callbacks.throughput.window_size=10", "callbacks.model_checkpoint=null", "logger=csv"]
+               "test_after_fit=false", "trainer.enable_progress_bar=false", "callbacks.model_checkpoint=null",
+               "logger=csv"]
 
     results = {}
     for name, overrides in runs.items():
@@ -74,7 +79,7 @@ def main() -> None:
         _, run_dir = run([*common, *overrides], cwd)
         summary = json.loads((run_dir / "summary.json").read_text())
         per_rank = summary["model_state_bytes_per_rank"]
-        results[name] = {"overrides": overrides, "samples_per_s": steady_samples_per_s(run_dir, warmup),
+        results[name] = {"overrides": overrides, "samples_per_s": samples_per_s(run_dir, batch),
                          "model_state_bytes_per_rank": per_rank,
                          "peak_gpu_memory_bytes": summary.get("peak_gpu_memory_bytes")}
         print(f"{name}: {results[name]['samples_per_s']:.1f} samples/s, rank 0 holds "
@@ -93,7 +98,7 @@ def main() -> None:
         if args.gpu:
             row += f" {(r['peak_gpu_memory_bytes'] or 0) / 2**20:13.0f}"
         print(row)
-    payload = {"mode": "gpu" if args.gpu else "cpu", "steps": steps, "warmup": warmup, "common": common,
+    payload = {"mode": "gpu" if args.gpu else "cpu", "steps": steps, "per_rank_batch": batch, "common": common,
                "runs": results}
     path = write_result("strategies_gpu" if args.gpu else "strategies_cpu", payload)
     print(f"written to {path}")

@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lightdist import run_dir as rd
 from lightdist.callbacks.continuity import LogContinuity
-from lightdist.callbacks.timing import FirstStepTime
+from lightdist.callbacks.timing import StepClock
 from lightdist.checkpoints import load_consolidated, resolve_ckpt_path
 from lightdist.config.validate import accepted_kwargs
 from lightdist.distributed.memory import ModelStateSize
@@ -48,7 +48,7 @@ def build_task(cfg: DictConfig, facts: dict[str, Any]) -> L.LightningModule:
 def build_callbacks(cfg: DictConfig, has_logger: bool) -> list[L.Callback]:
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
     # Not optional: resumed runs must not duplicate logged steps; the summary reports start-up time.
-    callbacks += [LogContinuity(), FirstStepTime(), ModelStateSize()]
+    callbacks += [LogContinuity(), StepClock(), ModelStateSize()]
     # Callbacks that only make sense with what was switched off are dropped rather than refused.
     if not cfg.trainer.get("enable_progress_bar", True):
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
@@ -65,7 +65,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path) -> L.Trainer:
     loggers = build_loggers(cfg)
     return instantiate(
         cfg.trainer,
-        strategy=build_strategy(cfg.get("strategy"), cfg.trainer.get("accelerator", "auto")),
+        strategy=build_strategy(cfg.get("strategy"), cfg.trainer),
         callbacks=build_callbacks(cfg, has_logger=bool(loggers)),
         logger=loggers if loggers else False,
         default_root_dir=str(run_dir),
@@ -89,7 +89,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     task = build_task(cfg, facts)
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), run_dir)
     trainer = build_trainer(cfg, run_dir)
-    check_module(trainer.strategy, task, cfg.trainer.precision)
+    check_module(trainer.strategy, task)
     if trainer.is_global_zero:
         hparams = OmegaConf.to_container(cfg, resolve=True)
         for logger in trainer.loggers:
@@ -110,6 +110,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                 test_ckpt = None
             results = trainer.test(test_task, datamodule=datamodule, ckpt_path=test_ckpt, verbose=False)
             test_metrics = _metrics(results[0]) if results else {}
+        clock = next(c for c in trainer.callbacks if isinstance(c, StepClock))
         summary = {
             "name": cfg.get("name"),
             "run_dir": str(run_dir),
@@ -125,7 +126,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             "threads_per_rank": threads,
             "interrupted": trainer.interrupted,
             "wall_time_s": round(time.time() - started, 2),
-            "first_step_at": next((c.at for c in trainer.callbacks if isinstance(c, FirstStepTime)), None),
+            "first_step_at": clock.first_at,
+            "train_steps_per_s": clock.steps_per_second(),
             "model_state_bytes_per_rank": next(
                 (c.per_rank for c in trainer.callbacks if isinstance(c, ModelStateSize)), None),
         }

@@ -1,14 +1,32 @@
-"""When did the first optimizer step finish? Start-up cost (imports, process launch, data) in the summary."""
+"""Wall-clock facts for the summary: when the first optimizer step finished (start-up cost:
+imports, process launch, data, DDP set-up) and the steady step rate after it.
+
+Costs one time.time() per step and never synchronises the GPU; the rate counts from the
+end of the first step to the end of the last, so start-up and the first step's
+compilation/allocation are excluded.
+"""
 
 import time
 
 import lightning as L
 
 
-class FirstStepTime(L.Callback):
+class StepClock(L.Callback):
     def __init__(self):
-        self.at: float | None = None
+        self.first_at: float | None = None
+        self.first_step = 0
+        self.last_at: float | None = None
+        self.last_step = 0
 
     def on_train_batch_end(self, trainer: L.Trainer, *args) -> None:
-        if self.at is None and trainer.global_step >= 1:
-            self.at = time.time()
+        if trainer.global_step < 1:
+            return
+        now = time.time()
+        if self.first_at is None:
+            self.first_at, self.first_step = now, trainer.global_step
+        self.last_at, self.last_step = now, trainer.global_step
+
+    def steps_per_second(self) -> float | None:
+        if self.first_at is None or self.last_step <= self.first_step:
+            return None
+        return (self.last_step - self.first_step) / (self.last_at - self.first_at)

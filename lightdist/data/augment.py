@@ -5,6 +5,8 @@ the loader only moves uint8 images and the GPU does the work; each sample of the
 gets its own random parameters.
 """
 
+from typing import Literal
+
 import kornia.augmentation as K
 import torch
 from torch import nn
@@ -19,7 +21,7 @@ class ImageAugmentation(nn.Module):
         translate: float = 0.0,
         zoom: float = 0.0,
         random_erasing: float = 0.0,
-        padding_mode: str = "reflect",
+        padding_mode: Literal["reflect", "replicate", "constant", "circular"] = "reflect",
     ):
         super().__init__()
         ops: list[nn.Module] = []
@@ -51,16 +53,27 @@ class ImageAugmentation(nn.Module):
 
 
 class _PaddedRandomCrop(nn.Module):
-    """Pad then crop back to the input size at a random offset per sample (kornia.RandomCrop with padding)."""
+    """Pad, then crop back to the input size at a random offset per sample: one gather.
+
+    Written here rather than taken from kornia: kornia's RandomCrop crops sample by sample
+    in Python (or warps each image), 5.0 ms per 256 CIFAR images on an H100 against 0.2 ms
+    for this single indexing kernel (bench/augment.py) - a third of a
+    ResNet-18 training step.
+    """
 
     def __init__(self, padding: int, padding_mode: str):
         super().__init__()
         self.padding = padding
         self.padding_mode = padding_mode
-        self._crops: dict[tuple[int, int], K.RandomCrop] = {}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        size = (x.shape[-2], x.shape[-1])
-        if size not in self._crops:
-            self._crops[size] = K.RandomCrop(size, padding=self.padding, padding_mode=self.padding_mode)
-        return self._crops[size](x)
+        n, c, h, w = x.shape
+        p = self.padding
+        padded = nn.functional.pad(x, (p, p, p, p), mode=self.padding_mode)
+        dy = torch.randint(0, 2 * p + 1, (n, 1), device=x.device)
+        dx = torch.randint(0, 2 * p + 1, (n, 1), device=x.device)
+        rows = (dy + torch.arange(h, device=x.device))[:, None, :, None]
+        cols = (dx + torch.arange(w, device=x.device))[:, None, None, :]
+        batch = torch.arange(n, device=x.device)[:, None, None, None]
+        channel = torch.arange(c, device=x.device)[None, :, None, None]
+        return padded[batch, channel, rows, cols]

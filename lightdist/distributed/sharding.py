@@ -126,6 +126,7 @@ def load_deepspeed_config(path: str) -> dict:
 
 def deepspeed(
     device_type: Literal["cpu", "gpu", "cuda", "auto"] = "auto",
+    precision: str = "32-true",
     stage: Literal[0, 1, 2, 3] = 2,
     offload_optimizer: bool = False,
     offload_parameters: bool = False,
@@ -156,6 +157,11 @@ def deepspeed(
     )
     # Settings DeepSpeedStrategy has no argument for go into the DeepSpeed config it built.
     strategy.config["zero_optimization"]["stage3_param_persistence_threshold"] = int(param_persistence_threshold)
+    if precision.startswith("bf16"):
+        # DeepSpeed casts parameters to bf16 but leaves buffers as they are; batch norm then
+        # meets bf16 weights with fp32 running statistics and fails. Buffers follow the
+        # parameters, as they did when DeepSpeed cast whole modules.
+        strategy.config.setdefault("data_types", {})["buffer_dtype"] = "bf16"
     if offload_optimizer or offload_parameters:
         # DeepSpeed refuses offloading with a torch optimizer unless told otherwise; the torch
         # optimizer is what the config chose (optimizer=deepspeed_cpu_adam is faster on GPU nodes).
@@ -170,13 +176,12 @@ def needs_consolidated_weights(strategy: Any) -> bool:
     return isinstance(strategy, DeepSpeedStrategy) and strategy.zero_stage_3
 
 
-def check_module(strategy: Any, module: Module, precision: str) -> None:
-    """What can only be checked once the model exists: DeepSpeed bf16 on CPU keeps buffers in fp32
-    (its module cast leaves buffers alone), and CPU batch-norm kernels refuse fp32 running
-    statistics with bf16 inputs, so evaluation of a batch-norm model would fail mid-run."""
-    if isinstance(strategy, CPUDeepSpeedStrategy) and str(precision).startswith("bf16") and any(
-        isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in module.modules()
-    ):
-        raise ConfigError(f"DeepSpeed with trainer.precision={precision} cannot run a batch-norm model on CPU",
-                          hint="use trainer.precision=32-true on CPU, or a model without batch norm "
-                               "(e.g. model.norm=group)")
+def check_module(strategy: Any, module: Module) -> None:
+    """What can only be checked once the model exists, before any process is launched.
+
+    DeepSpeed broadcasts parameters as flat byte views, which needs contiguous parameters:
+    channels_last convolution weights are not.
+    """
+    if isinstance(strategy, DeepSpeedStrategy) and not all(p.is_contiguous() for p in module.parameters()):
+        raise ConfigError("DeepSpeed needs contiguous parameters, but this model has non-contiguous ones "
+                          "(channels_last convolution weights)", hint="set task.channels_last=false with DeepSpeed")

@@ -8,20 +8,19 @@ from omegaconf import DictConfig
 from lightdist.config.validate import signature_of
 
 
-def build_strategy(cfg: DictConfig | None, accelerator: str) -> Any:
+def build_strategy(cfg: DictConfig | None, trainer: DictConfig) -> Any:
     """A Strategy object for groups with a `_target_` (ddp, fsdp, deepspeed...), else a registry name.
 
-    lightdist's own factories (fsdp, deepspeed) are told the device type, to pick their CPU
-    variant on CPU; Lightning's classes are built as configured.
+    lightdist's own factories (fsdp, deepspeed) are told the device type (to pick their CPU
+    variant) and the precision; Lightning's classes are built as configured.
     """
     if cfg is None:
         return "auto"
     if "_target_" not in cfg:
         return cfg.get("name", "auto")
     params, _, _ = signature_of(cfg._target_)
-    if "device_type" in params:
-        return instantiate(cfg, device_type=accelerator)
-    return instantiate(cfg)
+    context = {"device_type": trainer.get("accelerator", "auto"), "precision": str(trainer.get("precision"))}
+    return instantiate(cfg, **{k: v for k, v in context.items() if k in params})
 
 
 def processes_per_node(trainer_cfg: DictConfig) -> int:
