@@ -7,6 +7,7 @@ Lightning-format file with the full model weights, loadable on one device for ev
 prediction or fine-tuning.
 """
 
+import os
 import tempfile
 import zipfile
 from pathlib import Path
@@ -36,16 +37,36 @@ def checkpoint_kind(path: Path) -> Kind:
     raise CheckpointError(f"checkpoint {path} does not exist", hint="pass ckpt_path=last or an existing .ckpt")
 
 
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The newer of last.ckpt (every epoch end) and preempted.ckpt (saved on a preemption signal)."""
+    candidates = [p for p in (run_dir / CHECKPOINT_DIR / "last.ckpt", run_dir / CHECKPOINT_DIR / "preempted.ckpt")
+                  if p.exists()]
+    return max(candidates, key=lambda p: p.stat().st_mtime) if candidates else None
+
+
+def is_restart() -> bool:
+    """This process belongs to a job that the scheduler started again (requeue, elastic restart)."""
+    return int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) > 0 or int(
+        os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0) > 0
+
+
 def resolve_ckpt_path(ckpt_path: str | None, run_dir: Path) -> str | None:
-    """`last`: the run directory's last.ckpt; a path: must exist and be a readable checkpoint."""
+    """What to resume from.
+
+    - None: nothing, unless the job itself was restarted (SLURM requeue, torchrun restart):
+      then the run directory's latest checkpoint, if it has one.
+    - `last`: the run directory's latest checkpoint (last.ckpt or preempted.ckpt, newer first).
+    - a path: must exist and be a readable checkpoint (file or sharded directory).
+    """
     if ckpt_path in (None, ""):
-        return None
+        latest = latest_checkpoint(run_dir) if is_restart() else None
+        return str(latest) if latest else None
     if ckpt_path == "last":
-        path = run_dir / CHECKPOINT_DIR / "last.ckpt"
-        if not path.exists():
-            raise CheckpointError(f"ckpt_path=last but {path} does not exist",
+        latest = latest_checkpoint(run_dir)
+        if latest is None:
+            raise CheckpointError(f"ckpt_path=last but {run_dir / CHECKPOINT_DIR} holds no last.ckpt",
                                   hint="resume inside an existing run with run_dir=<that run's directory>")
-        return str(path)
+        return str(latest)
     path = Path(ckpt_path).expanduser()
     checkpoint_kind(path)
     return str(path.resolve())

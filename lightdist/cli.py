@@ -129,15 +129,19 @@ def _explain_missing_config(exc) -> str:
     return str(exc).splitlines()[0]
 
 
-def check_config(cfg, run_dir: Path | None = None) -> None:
-    """Everything that can be known wrong about a composed config without running it."""
+def check_config(cfg, run_dir: Path | None = None, allocation: dict | None = None) -> None:
+    """Everything that can be known wrong about a composed config without running it.
+
+    `allocation` (gpus, cores, tasks_per_node, nodes) describes the machines of a job to be
+    submitted; by default the devices are checked against this machine.
+    """
     from omegaconf import OmegaConf
 
     from lightdist.checkpoints import resolve_ckpt_path
     from lightdist.config.validate import check_devices, check_precision, check_targets
 
     check_targets(cfg)
-    check_devices(cfg.trainer)
+    check_devices(cfg.trainer, **(allocation or {}))
     check_precision(cfg.trainer, cfg.get("strategy"))
     if run_dir is None:  # before Hydra: where this run's directory will be
         run_dir = Path(resolvers.run_dir(cfg.get("run_dir"), f"{OmegaConf.select(cfg, 'paths.log_dir')}/{cfg.name}"))
@@ -151,7 +155,8 @@ def check_data(cfg) -> None:
     instantiate(cfg.data).check_available()
 
 
-def preflight(overrides: list[str], config_name: str = "config", with_data: bool = True):
+def preflight(overrides: list[str], config_name: str = "config", with_data: bool = True,
+              allocation: dict | None = None):
     from hydra.errors import ConfigCompositionException, MissingConfigException
 
     point = _first_point(overrides)
@@ -171,7 +176,7 @@ def preflight(overrides: list[str], config_name: str = "config", with_data: bool
     if unknown:
         raise ConfigError(f"unknown top-level key(s): {', '.join(unknown)}",
                           hint=f"top-level keys: {', '.join(sorted(base.keys()))}")
-    check_config(cfg)
+    check_config(cfg, allocation=allocation)
     if with_data:
         check_data(cfg)
     return cfg
@@ -185,6 +190,7 @@ def run_job(cfg) -> Any:
 
     from lightdist import run_dir as rd
     from lightdist import train
+    from lightdist.distributed.preemption import requeue_slurm_job
 
     with isolated_job():
         run_dir = Path(HydraConfig.get().runtime.output_dir)
@@ -194,9 +200,19 @@ def run_job(cfg) -> Any:
             _log_libraries_to_job_file()
             announce_job_config(rd.save_config(run_dir, cfg))
             rd.start_segment(run_dir, world_size=_world_size(cfg))
-        summary = train.run(cfg, run_dir)
-        if is_rank_zero():
-            rd.end_segment(run_dir, global_step=summary["global_step"], interrupted=summary["interrupted"])
+        status, summary = "failed", None
+        try:
+            summary = train.run(cfg, run_dir)
+            status = ("requeued" if summary["preempted"] else "interrupted" if summary["interrupted"]
+                      else "completed")
+        except SystemExit:  # Lightning's SIGTERM exit: preempted, or requeued by SLURM
+            status = "terminated"
+            raise
+        finally:
+            if is_rank_zero():
+                rd.end_segment(run_dir, status=status, global_step=summary["global_step"] if summary else None)
+        if status == "requeued" and is_rank_zero() and cfg.get("preemption", {}).get("requeue", True):
+            requeue_slurm_job()  # last: the requeue terminates this job's processes
         metric = cfg.get("optimized_metric")
         return summary["callback_metrics"].get(metric) if metric else None
 
@@ -252,11 +268,28 @@ def run_child(config_path: Path) -> None:
 
 
 def preflight_command(argv: list[str]) -> None:
-    flags, overrides = split_args(argv)
-    cfg = guarded(preflight, overrides, _flag_value(flags, "-cn", "--config-name") or "config")
-    print(f"ok: {cfg.name}: data={cfg.data.get('dataset', cfg.data._target_)} "
-          f"model={cfg.model._target_.rsplit('.', 1)[-1]} trainer.accelerator={cfg.trainer.accelerator} "
-          f"devices={cfg.trainer.devices} num_nodes={cfg.trainer.num_nodes} precision={cfg.trainer.precision}")
+    """Compose and check a run without starting it; with --gpus-per-node etc., for another machine."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="lightdist preflight",
+                                     description="Compose the config and check it (and the dataset) without running.")
+    parser.add_argument("--gpus-per-node", type=int, help="GPUs per node of the job to be submitted")
+    parser.add_argument("--cpus-per-node", type=int, help="cores per node of the job to be submitted")
+    parser.add_argument("--tasks-per-node", type=int, help="tasks (ranks) per node of the job")
+    parser.add_argument("--nodes", type=int, help="nodes of the job")
+    args, rest = parser.parse_known_args(argv)
+    flags, overrides = split_args([a for a in rest if a != "--"])
+    allocation = {"gpus": args.gpus_per_node, "cores": args.cpus_per_node, "tasks_per_node": args.tasks_per_node,
+                  "nodes": args.nodes}
+    allocation = {k: v for k, v in allocation.items() if v is not None} or None
+    config_name = _flag_value(flags, "-cn", "--config-name") or "config"
+    points = guarded(sweep_points, overrides)  # a sweep: every point must pass
+    for point in points:
+        cfg = guarded(preflight, point, config_name, True, allocation)
+        data = cfg.data.get("dataset") or cfg.data._target_.rsplit(".", 1)[-1]
+        print(f"ok: {' '.join(point) or '(defaults)'}: data={data} model={cfg.model._target_.rsplit('.', 1)[-1]} "
+              f"trainer.accelerator={cfg.trainer.accelerator} devices={cfg.trainer.devices} "
+              f"num_nodes={cfg.trainer.num_nodes} precision={cfg.trainer.precision}")
 
 
 def convert_command(argv: list[str]) -> None:
@@ -274,10 +307,46 @@ def convert_command(argv: list[str]) -> None:
     print(guarded(consolidate, args.checkpoint, args.output))
 
 
+def sweep_points(overrides: list[str]) -> list[list[str]]:
+    """Every point of a Hydra sweep, in the order Hydra's basic sweeper runs them."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    return [point for batch in BasicSweeper.split_arguments(parsed, None) for point in batch]
+
+
+def sweep_command(argv: list[str]) -> None:
+    """Point i of a sweep as its own run: what each task of a SLURM job array runs."""
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="lightdist sweep",
+        description="Run one point of a Hydra sweep (key=a,b ...), or count/list the points. "
+                    "Each point is a normal run with its own run directory.")
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument("--index", type=int, help="run the point with this index (0-based)")
+    what.add_argument("--count", action="store_true", help="print the number of points")
+    what.add_argument("--list", action="store_true", help="print each point's overrides")
+    args, overrides = parser.parse_known_args(argv)
+    overrides = [o for o in overrides if o != "--"]
+    points = guarded(sweep_points, overrides)
+    if args.count:
+        print(len(points))
+    elif args.list:
+        for i, point in enumerate(points):
+            print(i, " ".join(point))
+    elif not 0 <= args.index < len(points):
+        _fail(f"sweep point {args.index} does not exist: the sweep has {len(points)} point(s) (0-{len(points) - 1})")
+    else:
+        train_command(points[args.index])
+
+
 COMMANDS: dict[str, Callable[[list[str]], None]] = {
     "train": train_command,
     "preflight": preflight_command,
     "convert": convert_command,
+    "sweep": sweep_command,
 }
 
 

@@ -100,9 +100,13 @@ class ContinuingCSVLogger(CSVLogger):
 
     Hand-written because Lightning's CSVLogger starts a new file on every run. Here a
     resumed or requeued run keeps the rows up to the checkpoint it resumes from and drops
-    the ones logged after it (they are logged again), and every checkpoint flushes the
-    buffered rows, so a crash after a checkpoint loses no rows before it.
+    the ones logged after it (they are logged again): the first step the resumed run logs
+    is where the old rows are cut, so no guess about Lightning's step counters is needed.
+    Every checkpoint flushes the buffered rows, so a crash after a checkpoint loses no rows
+    before it.
     """
+
+    _cut_at_next_step = False
 
     @property
     @rank_zero_experiment
@@ -112,10 +116,17 @@ class ContinuingCSVLogger(CSVLogger):
             self._experiment = _ContinuingWriter(log_dir=self.log_dir)
         return self._experiment
 
+    def resumed(self) -> None:
+        """Training continues from a checkpoint: rows from the next logged step on are stale."""
+        self._cut_at_next_step = True
+
     @rank_zero_only
-    def resume_from_step(self, step: int) -> None:
-        self.experiment.metrics = [m for m in self.experiment.metrics if m.get("step", 0) < step]
-        self.experiment.drop_rows_from(step)
+    def log_metrics(self, metrics: dict, step: int | None = None) -> None:
+        if self._cut_at_next_step and step is not None:
+            self._cut_at_next_step = False
+            self.experiment.metrics = [m for m in self.experiment.metrics if m.get("step", 0) < step]
+            self.experiment.drop_rows_from(step)
+        super().log_metrics(metrics, step)
 
     def after_save_checkpoint(self, checkpoint_callback) -> None:
         self.save()

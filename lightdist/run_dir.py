@@ -106,12 +106,18 @@ def start_segment(run_dir: Path, world_size: int) -> None:
     write_json(path, record)
 
 
-def end_segment(run_dir: Path, **fields: Any) -> None:
+def update_segment(run_dir: Path, **fields: Any) -> None:
+    """Set fields of the current (last) segment."""
     path = run_dir / RUN_FILE
     record = read_json(path)
     if record.get("segments"):
-        segment = record["segments"][-1]
-        segment["ended"] = time.time()
-        segment["wall_time_s"] = round(segment["ended"] - segment["started"], 3)
-        segment.update(fields)
+        record["segments"][-1].update(fields)
         write_json(path, record)
+
+
+def end_segment(run_dir: Path, **fields: Any) -> None:
+    record = read_json(run_dir / RUN_FILE)
+    if record.get("segments"):
+        ended = time.time()
+        update_segment(run_dir, ended=ended, wall_time_s=round(ended - record["segments"][-1]["started"], 3),
+                       **fields)

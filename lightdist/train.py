@@ -15,11 +15,13 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, Pr
 from omegaconf import DictConfig, OmegaConf
 
 from lightdist import run_dir as rd
-from lightdist.callbacks.continuity import LogContinuity
+from lightdist.callbacks.continuity import RunContinuity
 from lightdist.callbacks.timing import StepClock
 from lightdist.checkpoints import load_consolidated, resolve_ckpt_path
 from lightdist.config.validate import accepted_kwargs
+from lightdist.distributed.cluster import cluster_plugins
 from lightdist.distributed.memory import ModelStateSize
+from lightdist.distributed.preemption import Preempted, PreemptionHandler
 from lightdist.distributed.sharding import check_module, needs_consolidated_weights
 from lightdist.distributed.strategy import build_strategy, processes_per_node
 from lightdist.distributed.threads import configure_threads
@@ -48,7 +50,10 @@ def build_task(cfg: DictConfig, facts: dict[str, Any]) -> L.LightningModule:
 def build_callbacks(cfg: DictConfig, has_logger: bool) -> list[L.Callback]:
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
     # Not optional: resumed runs must not duplicate logged steps; the summary reports start-up time.
-    callbacks += [LogContinuity(), StepClock(), ModelStateSize()]
+    callbacks += [RunContinuity(), StepClock(), ModelStateSize()]
+    if cfg.get("preemption"):
+        p = cfg.preemption
+        callbacks.append(PreemptionHandler(p.signal, p.check_every_n_steps))
     # Callbacks that only make sense with what was switched off are dropped rather than refused.
     if not cfg.trainer.get("enable_progress_bar", True):
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
@@ -65,6 +70,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path) -> L.Trainer:
     loggers = build_loggers(cfg)
     return instantiate(
         cfg.trainer,
+        plugins=cluster_plugins() or None,
         strategy=build_strategy(cfg.get("strategy"), cfg.trainer),
         callbacks=build_callbacks(cfg, has_logger=bool(loggers)),
         logger=loggers if loggers else False,
@@ -96,12 +102,17 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             logger.log_hyperparams(hparams)
 
     try:
-        trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path)
+        preempted = False
+        try:
+            trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path)
+        except Preempted as exc:
+            log.info(str(exc))
+            preempted = True
         validation = _metrics({k: v for k, v in trainer.callback_metrics.items() if k.startswith("val/")})
         test_metrics: dict[str, float] = {}
         checkpoint = trainer.checkpoint_callback
         best = checkpoint.best_model_path if isinstance(checkpoint, ModelCheckpoint) else ""
-        if cfg.get("test_after_fit", True) and not trainer.interrupted:
+        if cfg.get("test_after_fit", True) and not trainer.interrupted and not preempted:
             # The best checkpoint is loaded into a freshly built task: sharded strategies (FSDP)
             # wrap the module again for evaluation, which a module already sharded by fit breaks.
             test_task, test_ckpt = (build_task(cfg, facts), best) if best else (task, None)
@@ -125,6 +136,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             "world_size": trainer.world_size,
             "threads_per_rank": threads,
             "interrupted": trainer.interrupted,
+            "preempted": preempted,
             "wall_time_s": round(time.time() - started, 2),
             "first_step_at": clock.first_at,
             "train_steps_per_s": clock.steps_per_second(),

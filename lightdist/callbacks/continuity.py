@@ -1,21 +1,34 @@
-"""Keep logs continuous across a resume: what was logged after the checkpoint is logged again."""
+"""Keep a run continuous across resumes and requeues: logs without duplicated steps, and a
+record of where each segment of the run started and what it last saved."""
+
+from pathlib import Path
+from typing import Any
 
 import lightning as L
 
+from lightdist import run_dir as rd
 from lightdist.loggers import ContinuingCSVLogger
 
 
-class LogContinuity(L.Callback):
-    """After a checkpoint is restored, tell the loggers which step training continues from.
+class RunContinuity(L.Callback):
+    """After a checkpoint is restored, tell the loggers that training continues from it,
+    and note where (and every checkpoint saved) in run.json's current segment.
 
-    Lightning has no logger hook for "resumed at step N"; the restored step is known
-    once the checkpoint is loaded, i.e. at on_train_start.
+    Lightning has no hook for "resumed at step N"; the restored state is known once the
+    checkpoint is loaded, i.e. at on_train_start.
     """
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.ckpt_path is None:
-            return
+        resumed = trainer.ckpt_path is not None
         step = trainer.global_step
-        for logger in trainer.loggers:
-            if isinstance(logger, ContinuingCSVLogger):
-                logger.resume_from_step(step)
+        if resumed:
+            for logger in trainer.loggers:
+                if isinstance(logger, ContinuingCSVLogger):
+                    logger.resumed()
+        if trainer.is_global_zero:
+            rd.update_segment(Path(trainer.default_root_dir), start_step=step,
+                              resumed_from=str(trainer.ckpt_path) if resumed else None)
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        if trainer.is_global_zero:
+            rd.update_segment(Path(trainer.default_root_dir), last_checkpoint_step=trainer.global_step)

@@ -160,10 +160,17 @@ def check_precision(trainer: DictConfig, strategy: DictConfig | None) -> None:
                           hint="use trainer.precision=32-true for FSDP on CPU; bf16 FSDP runs on GPUs")
 
 
-def check_devices(trainer: DictConfig) -> None:
-    """Refuse device requests this machine cannot give, before any process starts."""
+def check_devices(trainer: DictConfig, gpus: int | None = None, cores: int | None = None,
+                  tasks_per_node: int | None = None, nodes: int | None = None) -> None:
+    """Refuse device requests the machine cannot give, before any process starts.
+
+    By default "the machine" is this one. For a job submitted elsewhere (launch.sh slurm),
+    `gpus`/`cores` describe one node of the requested allocation and `tasks_per_node`/`nodes`
+    its layout, which trainer.devices/trainer.num_nodes must match.
+    """
     import torch
 
+    from lightdist.distributed.ranks import launched_externally
     from lightdist.distributed.threads import available_cores
 
     devices, accelerator = trainer.get("devices", "auto"), trainer.get("accelerator", "auto")
@@ -176,20 +183,30 @@ def check_devices(trainer: DictConfig) -> None:
                           hint="use a count >= 1, -1 or 'auto' for all devices, or a list of device indices")
     count = len(devices) if isinstance(devices, (list, ListConfig)) else int(devices) if devices not in (
         "auto", -1) else None
-    if trainer.get("num_nodes", 1) < 1:
-        raise ConfigError(f"trainer.num_nodes={trainer.num_nodes} must be >= 1")
+    num_nodes = trainer.get("num_nodes", 1)
+    if num_nodes < 1:
+        raise ConfigError(f"trainer.num_nodes={num_nodes} must be >= 1")
+    if tasks_per_node is not None and count is not None and count != tasks_per_node:
+        raise ConfigError(f"trainer.devices={count} but the job runs {tasks_per_node} task(s) per node",
+                          hint="one task per device: drop trainer.devices from the overrides (the template "
+                               "derives it) or change the tasks/GPUs per node")
+    if nodes is not None and num_nodes != nodes:
+        raise ConfigError(f"trainer.num_nodes={num_nodes} but the job asks for {nodes} node(s)",
+                          hint="drop trainer.num_nodes from the overrides or change --nodes")
+    where = "this machine" if gpus is None else "each node of the requested allocation"
     if accelerator in ("gpu", "cuda"):
-        gpus = torch.cuda.device_count()
+        gpus = torch.cuda.device_count() if gpus is None else gpus
         if gpus == 0:
-            raise ConfigError("trainer=gpu needs CUDA GPUs but this machine has none",
+            raise ConfigError(f"trainer=gpu needs CUDA GPUs but {where} has none",
                               hint="use trainer=cpu, or trainer=cpu_ddp for multi-process DDP over gloo")
         if count is not None and count > gpus:
-            raise ConfigError(f"trainer.devices={count} but this machine has {gpus} CUDA GPU(s)",
+            raise ConfigError(f"trainer.devices={count} but {where} has {gpus} CUDA GPU(s)",
                               hint=f"use trainer.devices<={gpus}, or trainer.num_nodes to spread over nodes")
     if accelerator == "cpu":
-        cores = available_cores()
-        if count is not None and count > cores:
-            raise ConfigError(f"trainer.devices={count} CPU processes but this machine gives {cores} core(s)",
+        cores = available_cores() if cores is None else cores
+        # Ranks started by srun/torchrun each got their own cores from the allocation.
+        if tasks_per_node is None and not launched_externally() and count is not None and count > cores:
+            raise ConfigError(f"trainer.devices={count} CPU processes but {where} gives {cores} core(s)",
                               hint=f"use trainer.devices<={cores}")
         if trainer.get("sync_batchnorm"):
             raise ConfigError("trainer.sync_batchnorm=true needs GPUs (torch's SyncBatchNorm is CUDA-only)",

@@ -1,0 +1,11 @@
+"""Cluster environments handed to the Trainer."""
+
+from lightning.fabric.plugins.environments import SLURMEnvironment
+
+
+def cluster_plugins() -> list:
+    """Under srun: Lightning's SLURMEnvironment (ranks, addresses), with its own requeue handling
+    off: lightdist.distributed.preemption saves and requeues at a step all ranks agree on."""
+    if not SLURMEnvironment.detect():
+        return []
+    return [SLURMEnvironment(auto_requeue=False)]

@@ -1,0 +1,171 @@
+"""Against a real SLURM scheduler (a one-node cluster; .ci/run installs and starts it).
+
+The CPU template with 2 tasks over gloo, preemption with requeue and resume, a job array of
+sweep points, and launch.sh's dry runs and preflight refusals.
+"""
+
+import csv
+import json
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, cli_env, read_summary, run_dirs
+
+TINY = ["data.train_subset=1000", "data.val_subset=200", "data.test_subset=200", "model.channels=[8,16]",
+        "model.hidden=32", "data.batch_size=64", "trainer.enable_progress_bar=false",
+        "trainer.enable_model_summary=false"]
+LAUNCH = str(REPO / "launch.sh")
+
+
+def slurm_env() -> dict[str, str]:
+    env = cli_env(LIGHTDIST_PYTHON=sys.executable)
+    env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
+    return env
+
+
+@pytest.fixture(scope="module")
+def slurm():
+    if shutil.which("sbatch") is None:
+        pytest.skip("SLURM is not installed (no sbatch on PATH); .ci/run installs and starts it")
+    probe = subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True, timeout=30)
+    assert probe.returncode == 0 and probe.stdout.strip(), \
+        f"SLURM is installed but its controller does not answer: {probe.stderr.strip()}"
+
+
+def submit(args: list[str], cwd: Path) -> str:
+    out = subprocess.run(["sbatch", "--parsable", *args], cwd=cwd, env=slurm_env(), capture_output=True,
+                         text=True, check=True).stdout.strip()
+    return out.split(";")[0]
+
+
+def job_state(job: str) -> dict[str, str]:
+    out = subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True).stdout
+    return dict(re.findall(r"(\w+)=(\S+)", out))
+
+
+def wait_for(job: str, timeout: float = 300) -> dict[str, str]:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        queued = subprocess.run(["squeue", "-h", "-j", job, "-o", "%T"], capture_output=True, text=True).stdout
+        if not queued.strip():
+            return job_state(job)
+        time.sleep(1)
+    subprocess.run(["scancel", job])
+    raise AssertionError(f"job {job} still queued/running after {timeout} s: {job_state(job)}")
+
+
+def log_of(cwd: Path) -> str:
+    return "\n".join(p.read_text() for p in sorted(cwd.glob("slurm-*.out")))
+
+
+def train_loss_steps(run_dir: Path) -> list[int]:
+    with open(run_dir / "metrics.csv") as f:
+        return [int(r["step"]) for r in csv.DictReader(f) if r.get("train/loss")]
+
+
+def test_cpu_template_two_tasks_over_gloo(slurm, workdir):
+    job = submit([str(REPO / "slurm" / "train_cpu.sbatch"), *TINY, "trainer.max_epochs=2"], workdir)
+    state = wait_for(job)
+    assert state["JobState"] == "COMPLETED", log_of(workdir)[-3000:]
+    assert run_dirs(workdir) == [workdir / "outputs" / "default" / f"slurm-{job}"]
+    run_dir = run_dirs(workdir)[0]
+    summary = read_summary(run_dir)
+    assert summary["world_size"] == 2 and "test/acc" in summary["test"]
+    assert summary["threads_per_rank"] == 1  # --cpus-per-task=1 per rank
+    with open(run_dir / "metrics.csv") as f:
+        assert [r["epoch"] for r in csv.DictReader(f) if r.get("val/acc")] == ["0", "1"]
+
+
+def test_preemption_requeues_and_resumes_where_it_stopped(slurm, workdir):
+    job = submit([str(REPO / "slurm" / "train_cpu.sbatch"), *TINY, "data.train_subset=4000",
+                  "trainer.max_epochs=6", "trainer.log_every_n_steps=1"], workdir)
+    run_dir = workdir / "outputs" / "default" / f"slurm-{job}"
+    deadline = time.time() + 180
+    while time.time() < deadline:  # past the first epoch's checkpoint: a genuinely mid-run preemption
+        record = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").exists() else {}
+        if record.get("segments") and record["segments"][0].get("last_checkpoint_step"):
+            break
+        time.sleep(0.5)
+    else:
+        raise AssertionError(f"training never reached its first checkpoint:\n{log_of(workdir)[-3000:]}")
+    time.sleep(2)
+    subprocess.run(["scancel", "--signal=USR1", job], check=True)
+    state = wait_for(job, timeout=400)
+    assert state["JobState"] == "COMPLETED" and state["Restarts"] == "1", log_of(workdir)[-3000:]
+    assert run_dirs(workdir) == [run_dir]  # the requeued job came back to the same directory
+    segments = json.loads((run_dir / "run.json").read_text())["segments"]
+    assert [s["slurm_restart_count"] for s in segments] == [0, 1]
+    assert segments[0]["status"] == "requeued" and segments[1]["status"] == "completed"
+    assert segments[1]["resumed_from"].endswith("checkpoints/preempted.ckpt")
+    assert segments[1]["start_step"] > 0, "the requeued job must resume from the saved step, not from zero"
+    summary = read_summary(run_dir)
+    steps = train_loss_steps(run_dir)
+    assert sorted(steps) == list(range(summary["global_step"])), "every step logged exactly once"
+
+
+def test_array_job_runs_each_sweep_point(slurm, workdir):
+    out = subprocess.run([LAUNCH, "slurm", "--cpu", "--sweep", "--", *TINY, "trainer.max_steps=3",
+                          "test_after_fit=false", "optimizer.lr=0.001,0.002"], cwd=workdir, env=slurm_env(),
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    job = re.search(r"Submitted batch job (\d+)", out.stdout).group(1)
+    deadline = time.time() + 400
+    while time.time() < deadline and subprocess.run(["squeue", "-h", "-j", job], capture_output=True,
+                                                    text=True).stdout.strip():
+        time.sleep(1)
+    dirs = run_dirs(workdir)
+    assert [d.name for d in dirs] == [f"slurm-{job}_0", f"slurm-{job}_1"], log_of(workdir)[-3000:]
+    import yaml
+
+    assert [yaml.safe_load((d / "config.yaml").read_text())["optimizer"]["lr"] for d in dirs] == [0.001, 0.002]
+    assert all(read_summary(d)["world_size"] == 2 for d in dirs)
+
+
+def launch(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([LAUNCH, *args], cwd=cwd, env=slurm_env(), capture_output=True, text=True, timeout=120)
+
+
+def test_dry_runs(workdir):
+    local = launch(["local", "--devices", "2", "--cpu", "--dry-run", "--", "+experiment=fashion_mnist_cnn"], workdir)
+    assert local.returncode == 0, local.stderr
+    assert local.stdout.split()[1:] == ["-m", "lightdist", "trainer=cpu_ddp", "trainer.devices=2",
+                                        "+experiment=fashion_mnist_cnn"]
+    sub = launch(["slurm", "--cpu", "--tasks-per-node", "2", "--time", "00:30:00", "--dry-run", "--",
+                  "+experiment=fashion_mnist_cnn"], workdir)
+    assert sub.returncode == 0, sub.stderr
+    assert sub.stdout.split() == ["sbatch", "--nodes=1", "--ntasks-per-node=2", "--time=00:30:00",
+                                  str(REPO / "slurm" / "train_cpu.sbatch"), "+experiment=fashion_mnist_cnn"]
+    gpu = launch(["slurm", "--nodes", "2", "--gpus", "4", "--partition", "gpu", "--dry-run", "--",
+                  "+experiment=fashion_mnist_cnn", "trainer.max_epochs=1"], workdir)
+    if shutil.which("sinfo") is None:  # with SLURM present the CPU-only partition refuses (test below)
+        assert gpu.returncode == 0, gpu.stderr
+        assert "multinode.sbatch" in gpu.stdout and "--gpus-per-node=4" in gpu.stdout
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["slurm", "--cpu", "--dry-run", "--", "+experiment=no_such_recipe"], "unknown experiment 'no_such_recipe'"),
+    (["slurm", "--cpu", "--tasks-per-node", "2", "--dry-run", "--", "trainer.devices=3"],
+     "trainer.devices=3 but the job runs 2 task(s) per node"),
+    (["slurm", "--cpu", "--dry-run", "--", "trainer=gpu"], "needs CUDA GPUs but each node of the requested"),
+    (["slurm", "--cpu", "--dry-run", "--", "data=cifar10", "data.download=false"], "CIFAR-10 not found"),
+    (["slurm", "--gpus", "2", "--tasks-per-node", "4", "--dry-run"], "one task per GPU"),
+    (["slurm", "--nodes", "zero"], "--nodes must be a positive integer"),
+    (["slurm", "--frobnicate"], "unknown option for slurm: --frobnicate"),
+    (["orbit"], "unknown mode 'orbit'"),
+])
+def test_preflight_refuses(args, message, workdir):
+    out = launch(args, workdir)
+    assert out.returncode != 0
+    assert message in out.stderr.strip().splitlines()[-1], out.stderr
+    assert not (workdir / "outputs").exists()
+
+
+def test_gpus_on_a_cpu_partition_are_refused(slurm, workdir):
+    out = launch(["slurm", "--gpus", "2", "--dry-run", "--", "+experiment=fashion_mnist_cnn"], workdir)
+    assert out.returncode != 0 and "has no GPUs" in out.stderr
