@@ -25,7 +25,8 @@ def metrics_rows(run_dir):
 @needs_fashion_mnist
 def test_one_process_trains_on_real_data_and_resumes(workdir):
     args = ["+experiment=fashion_mnist_cnn", "data.train_subset=6000", "data.val_subset=1000",
-            "data.test_subset=2000", "trainer.max_epochs=2", "trainer.log_every_n_steps=10", *QUIET]
+            "data.test_subset=2000", "trainer.max_epochs=2", "trainer.log_every_n_steps=10",
+            "logger=[csv,tensorboard]", *QUIET]
     run_cli(args, cwd=workdir)
     (run_dir,) = run_dirs(workdir, "fashion_mnist_cnn")
     for name in ("config.yaml", "run.json", "summary.json", "metrics.csv", "confusion_matrix.png", "train.log",
@@ -47,6 +48,14 @@ def test_one_process_trains_on_real_data_and_resumes(workdir):
     assert resumed["global_step"] == steps_two_epochs * 3 // 2
     val_epochs = [r["epoch"] for r in metrics_rows(run_dir) if r.get("val/acc")]
     assert val_epochs == ["0", "1", "2"], val_epochs
+    train_steps = [int(r["step"]) for r in metrics_rows(run_dir) if r.get("train/loss")]
+    assert train_steps == sorted(set(train_steps)) and len(train_steps) == resumed["global_step"] // 10
+    # TensorBoard continues in the same directory, each step once
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir / "tensorboard")).Reload()
+    tb_steps = [e.step for e in events.Scalars("train/loss")]
+    assert tb_steps == sorted(set(tb_steps)) and len(tb_steps) == len(train_steps)
     assert len(json.loads((run_dir / "run.json").read_text())["segments"]) == 2
 
 

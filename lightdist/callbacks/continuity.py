@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+from lightning.pytorch.loggers import TensorBoardLogger
 
 from lightdist import run_dir as rd
 from lightdist.loggers import ContinuingCSVLogger
@@ -25,6 +26,13 @@ class RunContinuity(L.Callback):
             for logger in trainer.loggers:
                 if isinstance(logger, ContinuingCSVLogger):
                     logger.resumed()
+                elif isinstance(logger, TensorBoardLogger) and trainer.is_global_zero:
+                    # TensorBoard's own mechanism: a writer opened with purge_step hides the
+                    # events at or after that step that earlier files of this run hold.
+                    if logger._experiment is not None:
+                        logger._experiment.close()
+                        logger._experiment = None
+                    logger._kwargs["purge_step"] = step
         if trainer.is_global_zero:
             rd.update_segment(Path(trainer.default_root_dir), start_step=step,
                               resumed_from=str(trainer.ckpt_path) if resumed else None)
