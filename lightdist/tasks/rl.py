@@ -1,0 +1,252 @@
+"""Deep Q-learning (Mnih et al. 2015) as a LightningModule.
+
+The task owns the agent: the online Q-network (given, a plain nn.Module), its target
+copy, the epsilon-greedy policy and the TD loss. Experience comes from the data module
+(lightdist.data.rl.EnvDataModule) as ordinary batches; the task hands it the policy to
+act with. Options: Double DQN targets (van Hasselt et al. 2016), hard or Polyak target
+updates, Huber or squared loss, prioritized-replay importance weights. Gradient clipping
+is the Trainer's (trainer.gradient_clip_val).
+"""
+
+import copy
+import math
+from collections.abc import Callable
+from typing import Any, Literal
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics.aggregation import CatMetric, MeanMetric
+
+from lightdist.errors import ConfigError
+from lightdist.tasks.optim import build_optimizer
+
+
+def epsilon_at(step: int, start: float, end: float, decay_steps: int,
+               schedule: Literal["linear", "exponential"] = "linear") -> float:
+    """Exploration rate after `step` environment steps (summed over ranks)."""
+    if decay_steps <= 0:
+        return end
+    if schedule == "linear":
+        return end + (start - end) * max(0.0, 1.0 - step / decay_steps)
+    # exponential: the distance to `end` shrinks by e every decay_steps
+    return end + (start - end) * math.exp(-step / decay_steps)
+
+
+def td_targets(rewards: torch.Tensor, discounts: torch.Tensor, next_q_target: torch.Tensor,
+               next_q_online: torch.Tensor | None = None) -> torch.Tensor:
+    """reward + discount * V(next). V is the target network's max (DQN), or with the online
+    network's values given, the target network's value of the online network's argmax (Double DQN).
+    `discounts` already hold gamma**n, and 0 where the episode terminated."""
+    if next_q_online is None:
+        next_values = next_q_target.max(dim=1).values
+    else:
+        next_values = next_q_target.gather(1, next_q_online.argmax(dim=1, keepdim=True)).squeeze(1)
+    return rewards + discounts * next_values
+
+
+@torch.no_grad()
+def polyak_update(target: nn.Module, online: nn.Module, tau: float) -> None:
+    """target <- tau * online + (1 - tau) * target; tau = 1 is a hard copy."""
+    for t, o in zip(target.parameters(), online.parameters()):
+        t.lerp_(o, tau)
+    for t, o in zip(target.buffers(), online.buffers()):
+        t.copy_(o)
+
+
+class DQNTask(L.LightningModule):
+    def __init__(
+        self,
+        model: nn.Module,
+        num_actions: int,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        scheduler: Callable[..., dict] | None = None,
+        double_dqn: bool = True,
+        target_update_interval: int = 500,
+        tau: float = 1.0,
+        loss: Literal["huber", "mse"] = "huber",
+        huber_delta: float = 1.0,
+        epsilon_start: float = 1.0,
+        epsilon_end: float = 0.05,
+        epsilon_decay_steps: int = 10_000,
+        epsilon_schedule: Literal["linear", "exponential"] = "linear",
+        priority_epsilon: float = 1e-6,
+    ):
+        """`target_update_interval`: optimizer steps between target updates, each moving the target
+        network `tau` of the way to the online one (1.0: hard copy; e.g. 0.005 every step: Polyak).
+        Epsilon goes from `epsilon_start` to `epsilon_end` over `epsilon_decay_steps` environment
+        steps summed over ranks. `priority_epsilon` keeps replay priorities above zero."""
+        super().__init__()
+        if target_update_interval < 1:
+            raise ConfigError(f"task.target_update_interval must be at least 1, got {target_update_interval}")
+        if not 0.0 < tau <= 1.0:
+            raise ConfigError(f"task.tau must lie in (0, 1], got {tau}")
+        for name, value in (("epsilon_start", epsilon_start), ("epsilon_end", epsilon_end)):
+            if not 0.0 <= value <= 1.0:
+                raise ConfigError(f"task.{name} must lie in [0, 1], got {value}")
+        self.save_hyperparameters(ignore=["model", "optimizer", "scheduler"])
+        self.q_net = model
+        self.target_net = copy.deepcopy(model).requires_grad_(False).eval()
+        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        self.num_actions = num_actions
+        self.env_steps_total = 0  # as of the last batch trained on (restored from checkpoints)
+        self.train_episode_return = MeanMetric()
+        self.train_episode_length = MeanMetric()
+        # Greedy episodes of an evaluation, gathered from every rank when computed.
+        self.returns = nn.ModuleDict({"val": CatMetric(), "test": CatMetric()})
+        self.lengths = nn.ModuleDict({"val": CatMetric(), "test": CatMetric()})
+        self._rng: np.random.Generator | None = None
+        # Read by Lightning's ThroughputMonitor (FLOP/s); measured on the first batch.
+        self.flops_per_batch: int | None = None
+
+    # -- acting ---------------------------------------------------------------------------------
+    def epsilon(self, env_steps_total: int) -> float:
+        h = self.hparams
+        return epsilon_at(env_steps_total, h.epsilon_start, h.epsilon_end, h.epsilon_decay_steps,
+                          h.epsilon_schedule)
+
+    @torch.no_grad()
+    def act_greedy(self, observations: np.ndarray) -> np.ndarray:
+        obs = torch.as_tensor(observations, device=self.device)
+        return self.q_net(obs).argmax(dim=1).cpu().numpy()
+
+    def act(self, observations: np.ndarray, env_steps_total: int) -> np.ndarray:
+        """Epsilon-greedy: each environment acts at random with probability epsilon."""
+        actions = self.act_greedy(observations)
+        explore = self._rng.random(len(actions)) < self.epsilon(env_steps_total)
+        actions[explore] = self._rng.integers(0, self.num_actions, int(explore.sum()))
+        return actions
+
+    def forward(self, observations: torch.Tensor) -> torch.Tensor:
+        return self.q_net(observations)
+
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if not hasattr(datamodule, "set_policy"):
+            raise ConfigError("the DQN task needs an environment data module",
+                              hint="use an RL experiment, e.g. +experiment=rl_dqn_cartpole, or data=cartpole")
+        datamodule.set_policy(self.act, self.act_greedy)
+        # Exploration draws differ between ranks and follow the run's seed.
+        self._rng = np.random.default_rng([torch.initial_seed(), self.global_rank])
+
+    # -- learning ---------------------------------------------------------------------------------
+    def td_errors(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        q = self.q_net(batch["observations"]).gather(1, batch["actions"].long().unsqueeze(1)).squeeze(1)
+        with torch.no_grad():
+            next_obs = batch["next_observations"]
+            online_next = self.q_net(next_obs) if self.hparams.double_dqn else None
+            target = td_targets(batch["rewards"], batch["discounts"], self.target_net(next_obs), online_next)
+        self._q_mean = q.detach().mean()
+        return q - target.to(q.dtype)
+
+    def loss(self, td: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+        zeros = torch.zeros_like(td)
+        if self.hparams.loss == "huber":
+            per_sample = F.huber_loss(td, zeros, reduction="none", delta=self.hparams.huber_delta)
+        else:
+            per_sample = F.mse_loss(td, zeros, reduction="none")
+        if weights is not None:  # prioritized replay: importance weights undo the sampling bias
+            per_sample = per_sample * weights
+        return per_sample.mean()
+
+    def on_train_batch_start(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        if self.flops_per_batch is None:
+            from torch.utils.flop_counter import FlopCounterMode
+
+            with torch.no_grad(), FlopCounterMode(display=False) as counter:
+                self.q_net(batch["observations"])
+            # forward and backward (3x) on the batch, plus the target's (and Double DQN's) forward
+            self.flops_per_batch = (4 + int(self.hparams.double_dqn)) * counter.get_total_flops()
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        td = self.td_errors(batch)
+        weights = batch.get("weights")
+        loss = self.loss(td, weights)
+        if weights is not None:
+            self.trainer.datamodule.update_priorities(batch["indices"], td.detach().abs() + self.hparams.priority_epsilon)
+        self.env_steps_total = int(batch["env_steps"]) * self.trainer.world_size
+        if (self.global_step + 1) % self.trainer.log_every_n_steps == 0:
+            # Only on the steps the loggers write: each self.log costs about a millisecond, as much
+            # as the whole update of a small Q-network.
+            size = len(td)
+            self.log_dict({"train/loss": loss, "train/q_mean": self._q_mean,
+                           "train/epsilon": self.epsilon(self.env_steps_total),
+                           "train/env_steps": batch["env_steps"].float()}, batch_size=size)
+            # Each rank's own count, summed: the environment steps of the whole run so far.
+            self.log("train/env_steps_total", batch["env_steps"].float(), reduce_fx="sum", sync_dist=True,
+                     batch_size=size)
+        returns, lengths = batch["episode_returns"], batch["episode_lengths"]
+        if len(returns):
+            self.train_episode_return.update(returns)
+            self.train_episode_length.update(lengths)
+        return loss
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        # global_step already counts this step's optimizer update.
+        if self.global_step % self.hparams.target_update_interval == 0:
+            polyak_update(self.target_net, self.q_net, self.hparams.tau)
+
+    def on_train_epoch_end(self) -> None:
+        # Means over the training episodes that ended this epoch, on every rank.
+        self._log_synced_mean("train/episode_return", self.train_episode_return)
+        self._log_synced_mean("train/episode_length", self.train_episode_length)
+
+    def _log_synced_mean(self, name: str, metric: MeanMetric) -> None:
+        value = metric.compute()  # synced over ranks; nan when no episode ended anywhere
+        if not torch.isnan(value):
+            self.log(name, value, sync_dist=True)  # already equal on every rank
+        metric.reset()
+
+    # -- evaluation: greedy episodes served by the data module ----------------------------------------
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self.returns["val"].update(batch["return"].float())
+        self.lengths["val"].update(batch["length"].float())
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self.returns["test"].update(batch["return"].float())
+        self.lengths["test"].update(batch["length"].float())
+
+    def _log_episodes(self, stage: Literal["val", "test"]) -> None:
+        returns = self.returns[stage].compute().reshape(-1)  # gathered from every rank
+        lengths = self.lengths[stage].compute().reshape(-1)
+        self.returns[stage].reset()
+        self.lengths[stage].reset()
+        values = {
+            f"{stage}/return_mean": returns.mean(),
+            f"{stage}/return_std": returns.std(unbiased=False),
+            f"{stage}/return_min": returns.min(),
+            f"{stage}/length_mean": lengths.mean(),
+            f"{stage}/episodes": float(len(returns)),
+            f"{stage}/env_steps_total": float(self.env_steps_total),
+        }
+        # Already equal on every rank (gathered above); sync_dist only tells Lightning so.
+        self.log_dict(values, sync_dist=True)
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking:
+            self.returns["val"].reset()
+            self.lengths["val"].reset()
+            return
+        self._log_episodes("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_episodes("test")
+
+    # -- optimizer and checkpoints -------------------------------------------------------------------------
+    def configure_optimizers(self) -> Any:
+        optimizer = build_optimizer(self.optimizer_factory, self.q_net)
+        if self.scheduler_factory is None:
+            return optimizer
+        total = int(self.trainer.estimated_stepping_batches)
+        steps_per_epoch = max(1, math.ceil(self.trainer.num_training_batches / self.trainer.accumulate_grad_batches))
+        return {"optimizer": optimizer,
+                "lr_scheduler": self.scheduler_factory(optimizer, total_steps=total, steps_per_epoch=steps_per_epoch)}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["exploration"] = {"env_steps_total": self.env_steps_total,
+                                     "epsilon": self.epsilon(self.env_steps_total)}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.env_steps_total = int(checkpoint.get("exploration", {}).get("env_steps_total", 0))
