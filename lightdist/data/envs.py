@@ -40,7 +40,8 @@ def atari_wrappers(env: gym.Env, frame_stack: int = 4) -> gym.Env:
 def make_env(env_id: str, env_kwargs: dict[str, Any] | None = None, max_episode_steps: int | None = None,
              render_mode: str | None = None) -> gym.Env:
     """One environment. Episode statistics (return and length, before any reward clipping) are
-    recorded by gymnasium's RecordEpisodeStatistics and reported in `info["episode"]`."""
+    recorded by gymnasium's RecordEpisodeStatistics and reported in `info["episode"]`; it sits
+    below the Atari wrappers, so Atari returns are game scores and lengths count emulator frames."""
     kwargs = dict(env_kwargs or {})
     if max_episode_steps is not None:
         kwargs["max_episode_steps"] = max_episode_steps

@@ -13,6 +13,7 @@ world size.
 """
 
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -281,7 +282,9 @@ class EnvDataModule(DataModule):
             shape, dtype = tuple(observation_space.shape), observation_space.dtype
             replay = (PrioritizedReplayBuffer(self.buffer_size, shape, dtype, rng, self.priority_alpha)
                       if self.prioritized else ReplayBuffer(self.buffer_size, shape, dtype, rng))
-            envs = make_vector_env(self.make_env, self.num_envs, self.asynchronous)
+            # A plain function of plain values: asynchronous environments may pickle it to their processes.
+            env_fn = partial(make_env, self.env_id, self.env_kwargs, self.max_episode_steps)
+            envs = make_vector_env(env_fn, self.num_envs, self.asynchronous)
             self.collector = Collector(envs, replay, NStepFolder(self.num_envs, self.n_step, self.gamma),
                                        stream_seed(self.seed, _TRAIN, rank), world_size)
 
@@ -296,10 +299,11 @@ class EnvDataModule(DataModule):
         return DataLoader(ExperienceStream(self, self.batches_per_epoch), batch_size=None, num_workers=0)
 
     def _episode_loader(self, stage: Literal["val", "test"], episodes: int) -> DataLoader:
-        if stage not in self._episode_sets:
-            self._episode_sets[stage] = EpisodeDataset(self, stage, episodes)
-        dataset = self._episode_sets[stage]
         rank, world_size = self._rank()
+        if stage not in self._episode_sets:
+            # At least one episode per rank: Lightning refuses a rank without evaluation batches.
+            self._episode_sets[stage] = EpisodeDataset(self, stage, max(episodes, world_size) if episodes else 0)
+        dataset = self._episode_sets[stage]
         # Episodes are split over ranks, each played once (no padding with repeats).
         sampler = UnpaddedDistributedSampler(dataset, world_size, rank) if world_size > 1 else None
         return DataLoader(dataset, batch_size=1, sampler=sampler, num_workers=0)
