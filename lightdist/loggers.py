@@ -79,6 +79,12 @@ class _ContinuingWriter(ExperimentWriter):
             with self._fs.open(self.metrics_file_path, "r", newline="") as f:
                 self.metrics_keys = list(csv.DictReader(f).fieldnames or [])
 
+    def __setstate__(self, state: dict) -> None:
+        # ddp_spawn unpickles the writer in each new process (fit, then test): the file may have
+        # grown columns since the writer was pickled, so read its header again.
+        self.__dict__.update(state)
+        self._check_log_dir_exists()
+
     def drop_rows_from(self, step: int) -> int:
         """Remove rows logged at `step` or later (they will be logged again); returns how many."""
         if not self._fs.isfile(self.metrics_file_path):
