@@ -79,11 +79,18 @@ class _ContinuingWriter(ExperimentWriter):
             with self._fs.open(self.metrics_file_path, "r", newline="") as f:
                 self.metrics_keys = list(csv.DictReader(f).fieldnames or [])
 
-    def __setstate__(self, state: dict) -> None:
-        # ddp_spawn unpickles the writer in each new process (fit, then test): the file may have
-        # grown columns since the writer was pickled, so read its header again.
-        self.__dict__.update(state)
-        self._check_log_dir_exists()
+    def save(self) -> None:
+        # Under ddp_spawn and ddp_fork each stage (fit, then test) runs in new processes holding a
+        # copy of the main process's writer: the file may have columns that copy never saw.
+        if self._fs.isfile(self.metrics_file_path):
+            with self._fs.open(self.metrics_file_path, "r", newline="") as f:
+                file_keys = list(csv.DictReader(f).fieldnames or [])
+            if file_keys != self.metrics_keys:
+                extra = [k for k in self.metrics_keys if k not in file_keys]
+                self.metrics_keys = file_keys + extra
+                if extra:
+                    self._rewrite_with_new_header(self.metrics_keys)
+        super().save()
 
     def drop_rows_from(self, step: int) -> int:
         """Remove rows logged at `step` or later (they will be logged again); returns how many."""
