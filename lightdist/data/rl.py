@@ -127,18 +127,18 @@ class EpisodeDataset(Dataset):
         return self.episodes
 
     def __getitem__(self, index: int) -> dict[str, float]:
+        seed, policy = self.module.episode_seed(self.stage, index), self.module.greedy_policy
         record = self.module.video_path(self.stage) if index == 0 else None
-        if record is not None:
-            env = self.module.make_env(render_mode="rgb_array")
-            total, length, frames = run_episode(env, self.module.greedy_policy, self.module.episode_seed(self.stage,
-                                                                                                       index), True)
-            env.close()
-            save_video(frames, record, fps=env.metadata.get("render_fps") or 30)
-        else:
+        if record is None:
             if self.env is None:
                 self.env = self.module.make_env()
-            total, length, _ = run_episode(self.env, self.module.greedy_policy,
-                                           self.module.episode_seed(self.stage, index))
+            total, length, _ = run_episode(self.env, policy, seed)
+        else:
+            # Its own rendering environment: the other episodes do not pay for frames.
+            env = self.module.make_env(render_mode="rgb_array")
+            total, length, frames = run_episode(env, policy, seed, render=True)
+            env.close()
+            save_video(frames, record, fps=env.metadata.get("render_fps") or 30)
         return {"return": total, "length": length}
 
     def close(self) -> None:
