@@ -64,8 +64,8 @@ def guarded(fn: Callable[..., Any], *args: Any) -> Any:
         message = _user_error(exc)
         if message is None or os.environ.get("LIGHTDIST_DEBUG"):
             raise
-        _fail(message + "  [set LIGHTDIST_DEBUG=1 for the traceback]" if not isinstance(exc, LightdistError)
-              else message)
+        ours = isinstance(exc, LightdistError) or isinstance(exc.__cause__, LightdistError)
+        _fail(message if ours else message + "  [set LIGHTDIST_DEBUG=1 for the traceback]")
 
 
 def split_args(argv: list[str]) -> tuple[list[str], list[str]]:
@@ -148,6 +148,35 @@ def check_config(cfg, run_dir: Path | None = None, allocation: dict | None = Non
     resolve_ckpt_path(cfg.get("ckpt_path"), run_dir)
 
 
+def check_wiring(cfg) -> None:
+    """The model and the task get every argument they need: from their config or from the data's facts.
+
+    Catches pairings that cannot work (an image task on an environment, a Q-network on
+    images) before anything is built.
+    """
+    from hydra.utils import get_class
+
+    from lightdist.config.validate import signature_of
+    from lightdist.errors import ConfigError
+
+    facts = set(getattr(get_class(cfg.data._target_), "FACTS", ()) or ())
+    if not facts:
+        return
+    injected = {"model", "optimizer", "scheduler"}
+    for group in ("model", "task"):
+        node = cfg.get(group)
+        if not node or "_target_" not in node:
+            continue
+        params, _, _ = signature_of(node._target_)
+        missing = [name for name, p in params.items() if p.default is p.empty and name not in node
+                   and name not in facts and not (group == "task" and name in injected)]
+        if missing:
+            raise ConfigError(
+                f"{group} {node._target_.rsplit('.', 1)[-1]} needs {', '.join(missing)}, which neither its "
+                f"config nor data {cfg.data._target_.rsplit('.', 1)[-1]} (facts: {', '.join(sorted(facts))}) provides",
+                hint="pick a model/task that fits the data, e.g. with an experiment (+experiment=...)")
+
+
 def check_data(cfg) -> None:
     """The dataset is there (or downloadable): building the data module and asking for its facts finds out."""
     from hydra.utils import instantiate
@@ -177,6 +206,7 @@ def preflight(overrides: list[str], config_name: str = "config", with_data: bool
         raise ConfigError(f"unknown top-level key(s): {', '.join(unknown)}",
                           hint=f"top-level keys: {', '.join(sorted(base.keys()))}")
     check_config(cfg, allocation=allocation)
+    check_wiring(cfg)
     if with_data:
         check_data(cfg)
     return cfg

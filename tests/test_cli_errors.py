@@ -20,6 +20,7 @@ CASES = {
     "fp16_on_cpu": (["trainer.precision=16-mixed"], "needs a GPU"),
     "sync_batchnorm_on_cpu": (["trainer=cpu_ddp", "trainer.sync_batchnorm=true"], "CUDA-only"),
     "missing_dataset": (["data=cifar10", "data.download=false"], "CIFAR-10 not found under"),
+    "data_that_does_not_fit_the_task": (["data=cartpole"], "task ImageClassificationTask needs num_classes"),
 }
 
 

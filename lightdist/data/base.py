@@ -10,7 +10,13 @@ from lightdist.data.samplers import UnpaddedDistributedSampler
 
 
 class DataModule(L.LightningDataModule):
-    """The two things train.py and the preflight ask of any data module."""
+    """The two things train.py and the preflight ask of any data module.
+
+    FACTS names what facts() returns, so that the preflight can tell, without building
+    anything, whether the chosen model and task get every argument they need.
+    """
+
+    FACTS: tuple[str, ...] = ()
 
     def facts(self) -> dict[str, Any]:
         """What models and tasks need to know about the data (num_classes, class_names, vocab_size, ...).

@@ -164,6 +164,8 @@ def run_episode(env: gym.Env, policy: GreedyPolicy, seed: int, render: bool = Fa
 
 
 class EnvDataModule(DataModule):
+    FACTS = ("observation_shape", "num_actions")
+
     def __init__(
         self,
         env_id: str,

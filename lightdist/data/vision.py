@@ -111,6 +111,7 @@ def channel_stats(images: np.ndarray, chunk: int = 8192) -> tuple[np.ndarray, np
 
 
 class VisionDataModule(ClassificationDataModule):
+    FACTS = ("num_classes", "in_channels", "image_size", "class_names")
     def __init__(
         self,
         dataset: Literal["fashion_mnist", "mnist", "cifar10", "cifar100"],
