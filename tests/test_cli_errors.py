@@ -4,7 +4,7 @@ import pytest
 
 from tests.conftest import QUIET, run_cli
 
-FAST = ["data.train_subset=200", "data.test_subset=100", "data.val_size=100", "trainer.max_steps=1", *QUIET]
+FAST = ["trainer.max_steps=1", *QUIET]  # every case fails in the preflight, before any data is read
 
 CASES = {
     "unknown_experiment": (["+experiment=no_such_recipe"], "unknown experiment 'no_such_recipe'; available:"),
