@@ -1,0 +1,1 @@
+"""LightningDataModules and the readers behind them. They own datasets, splits and loaders."""

@@ -1,0 +1,88 @@
+"""What lightdist asks of every data module, and what classification data modules share."""
+
+import os
+from typing import Any
+
+import lightning as L
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+
+from lightdist.data.samplers import UnpaddedDistributedSampler
+
+
+class DataModule(L.LightningDataModule):
+    """The two things train.py and the preflight ask of any data module."""
+
+    def facts(self) -> dict[str, Any]:
+        """What models and tasks need to know about the data (num_classes, class_names, vocab_size, ...).
+
+        train.py passes each model/task the facts its constructor accepts by name.
+        """
+        raise NotImplementedError
+
+    def check_available(self) -> None:
+        """Raise DataError when the dataset is missing and cannot be fetched (called before any run)."""
+
+
+class ClassificationDataModule(DataModule):
+    """Subclasses fill train_set/val_set/test_set in setup() and describe the data in facts()."""
+
+    def __init__(
+        self,
+        batch_size: int = 128,
+        eval_batch_size: int | None = None,
+        shuffle: bool = True,
+        drop_last: bool = False,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        persistent_workers: bool = False,
+    ):
+        super().__init__()
+        if batch_size < 1:
+            raise ValueError("data.batch_size must be at least 1")
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.shuffle = shuffle
+        self.drop_last = drop_last
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory
+        self.persistent_workers = persistent_workers and num_workers > 0
+        self.train_set: Dataset | None = None
+        self.val_set: Dataset | None = None
+        self.test_set: Dataset | None = None
+
+    def collate_fn(self):
+        return None
+
+    def _sampler(self, dataset: Dataset, training: bool) -> Sampler | None:
+        """Shard over ranks ourselves: Lightning's automatic sampler always shuffles training data
+        (ignoring shuffle=false) and pads evaluation data with repeated samples."""
+        trainer = self.trainer
+        if trainer is None or trainer.world_size <= 1:
+            return None
+        if training:
+            return DistributedSampler(dataset, trainer.world_size, trainer.global_rank, shuffle=self.shuffle,
+                                      seed=int(os.environ.get("PL_GLOBAL_SEED", 0)), drop_last=self.drop_last)
+        return UnpaddedDistributedSampler(dataset, trainer.world_size, trainer.global_rank)
+
+    def _loader(self, dataset: Dataset, training: bool) -> DataLoader:
+        sampler = self._sampler(dataset, training)
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size if training else self.eval_batch_size,
+            shuffle=training and self.shuffle and sampler is None,
+            sampler=sampler,
+            drop_last=training and self.drop_last,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.persistent_workers,
+            collate_fn=self.collate_fn(),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, training=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, training=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, training=False)

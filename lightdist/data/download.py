@@ -1,0 +1,82 @@
+"""Find a dataset's canonical files under a data root, or download them (checksummed) when online."""
+
+import hashlib
+import shutil
+import tempfile
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from lightdist.errors import DataError
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    name: str
+    url: str
+    md5: str
+
+
+def md5sum(path: Path) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def download(remote: RemoteFile, target: Path, timeout: float = 30.0) -> None:
+    """Download to a temporary file, check the md5, then move into place (never a half file)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=target.parent, delete=False, suffix=".part") as tmp:
+        tmp_path = Path(tmp.name)
+        try:
+            with urllib.request.urlopen(remote.url, timeout=timeout) as response:
+                shutil.copyfileobj(response, tmp)
+        except (urllib.error.URLError, OSError) as exc:
+            tmp_path.unlink(missing_ok=True)
+            raise OSError(f"{remote.url}: {exc}") from exc
+    actual = md5sum(tmp_path)
+    if actual != remote.md5:
+        tmp_path.unlink(missing_ok=True)
+        raise OSError(f"{remote.url}: checksum mismatch (md5 {actual}, expected {remote.md5})")
+    tmp_path.replace(target)
+
+
+def locate(
+    root: str | Path,
+    folders: tuple[str, ...],
+    required: tuple[str, ...],
+    remote: tuple[RemoteFile, ...],
+    dataset: str,
+    allow_download: bool,
+    after_download=None,
+) -> Path:
+    """The first of `root/<folder>` holding every required file; downloads into the first when missing.
+
+    `after_download(folder)` turns downloaded archives into the required files (e.g. untar).
+    """
+    root = Path(root).expanduser()
+    for folder in folders:
+        if all((root / folder / name).is_file() for name in required):
+            return root / folder
+    target = root / folders[0]
+    why = "downloads are off (data.download=false)"
+    if allow_download:
+        try:
+            for item in remote:
+                if not (target / item.name).is_file():
+                    download(item, target / item.name)
+            if after_download is not None:
+                after_download(target)
+            if all((target / name).is_file() for name in required):
+                return target
+            why = "the download did not contain the expected files"
+        except OSError as exc:
+            why = f"it could not be downloaded ({exc})"
+    raise DataError(
+        f"{dataset} not found under {root} and {why}",
+        hint=f"put {', '.join(required)} in {target}, or point data.root / $LIGHTDIST_DATA at a folder "
+        f"holding {folders[0]}/",
+    )

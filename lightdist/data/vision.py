@@ -1,0 +1,205 @@
+"""Image classification data: MNIST, Fashion-MNIST, CIFAR-10, CIFAR-100.
+
+Images stay uint8 in memory and on the way to the device; conversion to float,
+normalisation with the training split's own statistics and augmentation happen on the
+device in on_after_batch_transfer.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch.utils.data import TensorDataset
+
+from lightdist.data import cifar, idx
+from lightdist.data.augment import ImageAugmentation
+from lightdist.data.base import ClassificationDataModule
+from lightdist.data.download import RemoteFile, locate
+from lightdist.data.splits import stratified_split, stratified_subset
+from lightdist.errors import DataError
+
+
+@dataclass(frozen=True)
+class VisionDataset:
+    title: str
+    folders: tuple[str, ...]  # first one is where downloads go
+    files: tuple[str, ...]
+    remote: tuple[RemoteFile, ...]
+    read: Callable[[Path, bool], tuple[np.ndarray, np.ndarray]]
+    classes: tuple[str, ...] | Callable[[Path], list[str]]  # names, or read from the files
+    in_channels: int
+    image_size: int
+    num_classes: int
+    after_download: Callable[[Path], None] | None = None
+
+
+def _idx_reader(folder: Path, train: bool):
+    return idx.read_split(folder, "train" if train else "t10k")
+
+
+def _idx_remote(base_url: str, *md5s: str) -> tuple[RemoteFile, ...]:
+    return tuple(RemoteFile(name, base_url + name, md5) for name, md5 in zip(idx.IDX_FILES, md5s))
+
+
+_FASHION = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
+_MNIST = "https://ossci-datasets.s3.amazonaws.com/mnist/"
+_CIFAR = "https://www.cs.toronto.edu/~kriz/"
+
+DATASETS: dict[str, VisionDataset] = {
+    "fashion_mnist": VisionDataset(
+        title="Fashion-MNIST",
+        folders=("fashion-mnist", "FashionMNIST/raw"),
+        files=idx.IDX_FILES,
+        # md5 of the canonical release files (Zalando Research).
+        remote=_idx_remote(_FASHION, "8d4fb7e6c68d591d4c3dfef9ec88bf0d", "25c81989df183df01b3e8a0aad5dffbe",
+                           "bef4ecab320f06d8554ea6380940ec79", "bb300cfdad3c16e7a12a480ee83cd310"),
+        read=_idx_reader,
+        classes=("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                 "Ankle boot"),
+        in_channels=1, image_size=28, num_classes=10,
+    ),
+    "mnist": VisionDataset(
+        title="MNIST",
+        folders=("mnist", "MNIST/raw"),
+        files=idx.IDX_FILES,
+        remote=_idx_remote(_MNIST, "f68b3c2dcbeaaa9fbdd348bbdeb94873", "d53e105ee54ea40749a09fcbcd1e9432",
+                           "9fb629c4189551a2d022fa330f9573f3", "ec29112dd5afa0611ce80d1b7f02629c"),
+        read=_idx_reader,
+        classes=tuple(str(d) for d in range(10)),
+        in_channels=1, image_size=28, num_classes=10,
+    ),
+    "cifar10": VisionDataset(
+        title="CIFAR-10",
+        folders=("cifar-10-batches-py",),
+        files=cifar.CIFAR10_FILES,
+        remote=(RemoteFile("cifar-10-python.tar.gz", _CIFAR + "cifar-10-python.tar.gz",
+                           "c58f30108f718f92721af3b95e74349a"),),
+        read=cifar.read_cifar10,
+        classes=cifar.cifar10_classes,
+        in_channels=3, image_size=32, num_classes=10,
+        after_download=cifar.extract_archive,
+    ),
+    "cifar100": VisionDataset(
+        title="CIFAR-100",
+        folders=("cifar-100-python",),
+        files=cifar.CIFAR100_FILES,
+        remote=(RemoteFile("cifar-100-python.tar.gz", _CIFAR + "cifar-100-python.tar.gz",
+                           "eb9058c3a382ffc7106e4002c42a8d85"),),
+        read=cifar.read_cifar100,
+        classes=cifar.cifar100_classes,
+        in_channels=3, image_size=32, num_classes=100,
+        after_download=cifar.extract_archive,
+    ),
+}
+
+
+def channel_stats(images: np.ndarray, chunk: int = 8192) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and std of uint8 NCHW images in [0, 1] units, in chunks to bound memory."""
+    total = np.zeros(images.shape[1])
+    squares = np.zeros(images.shape[1])
+    for start in range(0, len(images), chunk):
+        x = images[start : start + chunk].astype(np.float64) / 255.0
+        total += x.sum(axis=(0, 2, 3))
+        squares += (x * x).sum(axis=(0, 2, 3))
+    count = images.shape[0] * images.shape[2] * images.shape[3]
+    mean = total / count
+    std = np.sqrt(np.maximum(squares / count - mean * mean, 0.0))
+    return mean.astype(np.float32), std.astype(np.float32)
+
+
+class VisionDataModule(ClassificationDataModule):
+    def __init__(
+        self,
+        dataset: Literal["fashion_mnist", "mnist", "cifar10", "cifar100"],
+        root: str,
+        batch_size: int = 128,
+        eval_batch_size: int | None = None,
+        val_size: int | float = 5000,
+        split_seed: int = 0,
+        train_subset: int | None = None,
+        val_subset: int | None = None,
+        test_subset: int | None = None,
+        download: bool = True,
+        augment: ImageAugmentation | None = None,
+        shuffle: bool = True,
+        drop_last: bool = False,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        persistent_workers: bool = False,
+    ):
+        super().__init__(batch_size, eval_batch_size, shuffle, drop_last, num_workers, pin_memory,
+                         persistent_workers)
+        self.spec = DATASETS[dataset]
+        self.root = root
+        self.val_size = val_size
+        self.split_seed = split_seed
+        self.subsets = {"train": train_subset, "val": val_subset, "test": test_subset}
+        self.download = download
+        self.augment = augment if augment is not None and augment.enabled else None
+        self.mean: torch.Tensor | None = None
+        self.std: torch.Tensor | None = None
+        self._folder: Path | None = None
+
+    def _locate(self, allow_download: bool) -> Path:
+        if self._folder is None:
+            s = self.spec
+            self._folder = locate(self.root, s.folders, s.files, s.remote, s.title, allow_download,
+                                  s.after_download)
+        return self._folder
+
+    def facts(self) -> dict[str, Any]:
+        s = self.spec
+        return {
+            "num_classes": s.num_classes,
+            "in_channels": s.in_channels,
+            "image_size": s.image_size,
+            "class_names": list(s.classes) if isinstance(s.classes, tuple) else s.classes(
+                self._locate(self.download)),
+        }
+
+    def check_available(self) -> None:
+        self._locate(self.download)
+
+    def prepare_data(self) -> None:
+        self._locate(self.download)  # Lightning calls this on one process per node: downloads happen once
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        folder = self._locate(allow_download=False)
+        images, labels = self.spec.read(folder, True)
+        test_images, test_labels = self.spec.read(folder, False)
+        if labels.max() >= self.spec.num_classes or test_labels.max() >= self.spec.num_classes:
+            raise DataError(f"{folder}: labels exceed the {self.spec.num_classes} classes of {self.spec.title}",
+                            hint="check data.dataset matches the files")
+        train_idx, val_idx = stratified_split(labels, self.val_size, self.split_seed)
+        train_idx = train_idx[stratified_subset(labels[train_idx], self.subsets["train"], self.split_seed)]
+        val_idx = val_idx[stratified_subset(labels[val_idx], self.subsets["val"], self.split_seed)]
+        test_idx = stratified_subset(test_labels, self.subsets["test"], self.split_seed)
+
+        # Per-channel statistics of the training split itself (no hard-coded constants).
+        mean, std = channel_stats(images[train_idx])
+        self.mean = torch.from_numpy(mean).view(1, -1, 1, 1)
+        self.std = torch.from_numpy(std).view(1, -1, 1, 1).clamp_min(1e-6)
+
+        def tensors(x: np.ndarray, y: np.ndarray) -> TensorDataset:
+            return TensorDataset(torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y))
+
+        self.train_set = tensors(images[train_idx], labels[train_idx])
+        self.val_set = tensors(images[val_idx], labels[val_idx])
+        self.test_set = tensors(test_images[test_idx], test_labels[test_idx])
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 NCHW -> normalised float, on whatever device the images are."""
+        x = images.float().div_(255.0)
+        return (x - self.mean.to(x.device)) / self.std.to(x.device)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        images, labels = batch
+        x = self.normalize(images)
+        if self.augment is not None and self.trainer is not None and self.trainer.training:
+            x = self.augment(x)
+        return x, labels
