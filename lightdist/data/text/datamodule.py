@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from torch.utils.data import DataLoader, Dataset
 
 from lightdist.data.base import ClassificationDataModule
@@ -40,6 +41,7 @@ class TextDataModule(ClassificationDataModule):
         self,
         corpus: Corpus,
         tokenizer: TextTokenizer | None = None,
+        tokenizer_file: str | None = None,
         val_size: int | float = 0.1,
         test_size: int | float = 0.2,
         split_seed: int = 0,
@@ -60,6 +62,7 @@ class TextDataModule(ClassificationDataModule):
                          persistent_workers)
         self.corpus = corpus
         self.tokenizer = tokenizer if tokenizer is not None else TextTokenizer()
+        self.tokenizer_file = Path(tokenizer_file) if tokenizer_file else None
         self.val_size = val_size
         self.test_size = test_size
         self.split_seed = split_seed
@@ -120,9 +123,10 @@ class TextDataModule(ClassificationDataModule):
 
     # -- what the rest of lightdist asks ---------------------------------------------------------
     def facts(self) -> dict[str, Any]:
-        if not self.tokenizer.fitted or self.class_names is None:
-            # Deterministic given the training split, so every rank trains the same vocabulary.
-            self.tokenizer.fit(self.splits()["train"][0])
+        if self.class_names is None:
+            self.splits()
+        if not self.tokenizer.fitted:
+            self._fit_or_load_tokenizer()
         return {
             "vocab_size": self.tokenizer.vocab_size,
             "num_classes": len(self.class_names),
@@ -130,6 +134,37 @@ class TextDataModule(ClassificationDataModule):
             "pad_id": self.tokenizer.pad_id,
             "max_length": self.tokenizer.max_length,
         }
+
+    def _fit_or_load_tokenizer(self) -> None:
+        """The run's saved tokenizer when there is one (resuming; DDP ranks started after rank 0), else train.
+
+        Training on the training split is cheap, but tokenizers' subword trainers break ties between
+        equally frequent merges in hash-map order, which differs between processes: two ranks may
+        number, or even choose, tokens differently. So rank 0 saves what it trained into the run
+        directory before any other rank starts (Lightning's launcher) and the others load it; ranks
+        started all at once (srun, torchrun) get rank 0's copy in setup() (see _agree_on_tokenizer).
+        """
+        if self.tokenizer_file is not None and self.tokenizer_file.is_file():
+            self.tokenizer.load(self.tokenizer_file)
+            return
+        self.tokenizer.fit(self.splits()["train"][0])
+        if self.tokenizer_file is not None and rank_zero_only.rank == 0:
+            self.tokenizer.save(self.tokenizer_file)
+
+    def _agree_on_tokenizer(self) -> None:
+        """Every rank encodes with rank 0's tokenizer (a collective: every rank calls setup)."""
+        trainer = self.trainer
+        if trainer is None or trainer.world_size <= 1:
+            return
+        mine = self.tokenizer.state()
+        theirs = trainer.strategy.broadcast(mine, src=0)
+        if theirs["tokenizer"] != mine["tokenizer"]:
+            size = self.tokenizer.vocab_size
+            self.tokenizer.load_state(theirs)
+            if self.tokenizer.vocab_size != size:
+                raise DataError(f"rank {trainer.global_rank} trained a vocabulary of {size} tokens, rank 0 one of "
+                                f"{self.tokenizer.vocab_size}", hint="start the ranks with Lightning's launcher "
+                                "(rank 0 first), or use data.tokenizer.model=word, which trains identically everywhere")
 
     def check_available(self) -> None:
         self.corpus.prepare(allow_download=True)
@@ -142,6 +177,7 @@ class TextDataModule(ClassificationDataModule):
         if self.train_set is not None:
             return
         self.facts()
+        self._agree_on_tokenizer()
         datasets = {split: TokenizedTexts(self.tokenizer.encode(texts), labels)
                     for split, (texts, labels) in self.splits().items()}
         self.train_set, self.val_set, self.test_set = datasets["train"], datasets["val"], datasets["test"]
@@ -149,7 +185,7 @@ class TextDataModule(ClassificationDataModule):
         if trainer is not None and len(self.train_set) < trainer.world_size:
             raise DataError(f"{len(self.train_set)} training samples cannot feed {trainer.world_size} ranks",
                             hint="use more data or fewer devices")
-        if trainer is not None and trainer.is_global_zero:
+        if trainer is not None and trainer.is_global_zero and self.tokenizer_file is None:
             self.tokenizer.save(Path(trainer.default_root_dir) / TOKENIZER_FILE)
 
     # -- the tokenizer travels with checkpoints ------------------------------------------------

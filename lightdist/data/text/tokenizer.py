@@ -158,8 +158,12 @@ class TextTokenizer:
         if state.get("segmenter", self.segmenter) != self.segmenter:
             raise ConfigError(f"the saved tokenizer used segmenter={state['segmenter']}, the config says "
                               f"{self.segmenter}", hint=f"set data.tokenizer.segmenter={state['segmenter']}")
-        self._tokenizer = Tokenizer.from_str(state["tokenizer"])
-        self.max_length = self._tokenizer.truncation["max_length"] if self._tokenizer.truncation else self.max_length
+        self._set(Tokenizer.from_str(state["tokenizer"]))
+
+    def _set(self, tokenizer: Tokenizer) -> None:
+        self._tokenizer = tokenizer
+        if tokenizer.truncation:  # the saved limit wins: the model was built for it
+            self.max_length = tokenizer.truncation["max_length"]
 
     def save(self, path: Path) -> None:
         """The Hugging Face JSON format: `tokenizers.Tokenizer.from_file` reads it back as is."""
@@ -169,7 +173,7 @@ class TextTokenizer:
         tmp.replace(path)
 
     def load(self, path: Path) -> None:
-        self._tokenizer = Tokenizer.from_file(str(path))
+        self._set(Tokenizer.from_file(str(path)))
 
 
 def _jieba():
