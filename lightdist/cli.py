@@ -132,7 +132,6 @@ def _explain_missing_config(exc) -> str:
 
 def check_config(cfg, run_dir: Path | None = None) -> None:
     """Everything that can be known wrong about a composed config without running it."""
-    from omegaconf import OmegaConf
 
     from lightdist.checkpoints import resolve_ckpt_path
     from lightdist.config.validate import check_devices, check_targets
