@@ -236,3 +236,34 @@ def test_tokenizer_file_is_saved_then_reused(tmp_path):
     second = datamodule(FolderCorpus(str(folder)), tokenizer_file=str(path))
     second.facts()
     assert second.tokenizer.state() == first.tokenizer.state()  # loaded, not retrained on the changed corpus
+
+
+def test_ranks_take_rank_zero_tokenizer(tmp_path):
+    """Under DDP setup() broadcasts rank 0's tokenizer; a rank whose own training differed adopts it."""
+    folder = write_folder_corpus(tmp_path, per_class=10)
+    rank0 = datamodule(FolderCorpus(str(folder)))
+    rank0.facts()
+    # a vocabulary of the same size, numbered differently (what another process may train)
+    vocab = rank0.tokenizer.tokenizer.get_vocab()
+    order = ["[PAD]", "[UNK]"] + sorted((t for t in vocab if t not in ("[PAD]", "[UNK]")), reverse=True)
+    from tokenizers import models
+
+    rank1 = datamodule(FolderCorpus(str(folder)))
+    rank1.facts()
+    rank1.tokenizer.tokenizer.model = models.WordPiece({t: i for i, t in enumerate(order)}, unk_token="[UNK]")
+    assert rank1.tokenizer.encode(["shares profit"]) != rank0.tokenizer.encode(["shares profit"])
+
+    class Strategy:
+        def broadcast(self, obj, src=0):
+            return rank0.tokenizer.state()
+
+    class Trainer:
+        world_size, global_rank, is_global_zero, strategy = 2, 1, False, Strategy()
+
+    rank1.trainer = Trainer()
+    rank1._agree_on_tokenizer()
+    assert rank1.tokenizer.encode(["shares profit"]) == rank0.tokenizer.encode(["shares profit"])
+    # a vocabulary of another size cannot be fixed after the model was built: a clear error
+    rank1.tokenizer.fit(["only a few words here"])
+    with pytest.raises(DataError, match="rank 1 trained a vocabulary of"):
+        rank1._agree_on_tokenizer()
