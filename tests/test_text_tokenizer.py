@@ -63,7 +63,7 @@ _TRAIN_IN_A_NEW_PROCESS = """
 import sys
 from lightdist.data.text.tokenizer import TextTokenizer
 texts = [line for line in sys.stdin.read().split("\\n") if line]
-print(TextTokenizer(model=sys.argv[1], vocab_size=5000, min_frequency=1).fit(texts).state()["tokenizer"])
+print(TextTokenizer(model=sys.argv[1], vocab_size=60, min_frequency=1).fit(texts).state()["tokenizer"])  # capped: ties
 """
 
 

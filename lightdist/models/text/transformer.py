@@ -22,6 +22,7 @@ class TransformerClassifier(nn.Module):
         pool: Literal["cls", "mean"] = "mean",
         embedding_dropout: float = 0.0,
         dropout: float = 0.1,
+        attention_dropout: float = 0.0,
     ):
         super().__init__()
         if d_model % heads:
@@ -34,6 +35,9 @@ class TransformerClassifier(nn.Module):
         nn.init.normal_(self.positions.weight, std=0.02)
         layer = nn.TransformerEncoderLayer(d_model, heads, ff_dim, dropout, activation="gelu", batch_first=True,
                                            norm_first=True)
+        # Dropout on the attention weights draws one random number per (head, query, key): on CPU that
+        # costs more than the attention itself, so it has its own rate (off by default).
+        layer.self_attn.dropout = attention_dropout
         self.encoder = nn.TransformerEncoder(layer, layers, norm=nn.LayerNorm(d_model), enable_nested_tensor=False)
         self.head = nn.Linear(d_model, num_classes)
 
