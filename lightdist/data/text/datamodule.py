@@ -37,6 +37,13 @@ def _holdout_count(size: int | float, total: int, name: str) -> int:
 
 
 class TextDataModule(ClassificationDataModule):
+    """A corpus (data.corpus), a tokenizer trained on its training split (data.tokenizer), batches.
+
+    facts(): vocab_size, num_classes, class_names, pad_id, max_length. A batch is
+    ((token ids B x T, lengths B), labels B), T being the batch's longest text. The tokenizer
+    and label names are this module's state_dict, so checkpoints carry them.
+    """
+
     def __init__(
         self,
         corpus: Corpus,
