@@ -138,6 +138,9 @@ def test_fallback_encoding_and_bad_rows(tmp_path):
     latin.write_bytes("text,label\nfine,a\ncaf\u00e9,b\n".encode("cp1252"))
     texts = TableCorpus(str(latin), fallback_encoding="cp1252").load().train.texts
     assert texts == ["fine", "caf\u00e9"]
+    (tmp_path / "odd.csv").write_bytes(b"text,label\nab\x81c,a\n")  # 0x81: invalid in utf-8 and cp1252
+    with pytest.raises(DataError, match="neither valid utf-8 nor cp1252"):
+        TableCorpus(str(tmp_path / "odd.csv"), fallback_encoding="cp1252").load()
     short = tmp_path / "short.csv"
     short.write_text("text,label\nok,a\nno label here\n")
     with pytest.raises(DataError, match="line 3 has 1 fields"):

@@ -47,7 +47,11 @@ class Decoding:
             text = raw.decode(self.encoding)
         except UnicodeDecodeError as exc:
             if self.fallback:
-                return _strip_bom(raw.decode(self.fallback, errors="strict"))
+                try:
+                    return _strip_bom(raw.decode(self.fallback))
+                except (UnicodeDecodeError, LookupError) as again:
+                    raise DataError(f"{path} is neither valid {self.encoding} nor {self.fallback} ({again})",
+                                    hint="set data.corpus.encoding to the file's encoding") from again
             line = raw[: exc.start].count(b"\n") + 1
             raise DataError(
                 f"{path}: line {line} is not valid {self.encoding} (byte 0x{raw[exc.start]:02x} at offset {exc.start})",
