@@ -2,6 +2,7 @@
 
     lightdist +experiment=fashion_mnist_cnn trainer=cpu_ddp      # train (the default command)
     lightdist preflight +experiment=cifar_resnet trainer=gpu     # compose and check, run nothing
+    lightdist predict run_dir=outputs/<name>/<run> text="..."    # labels and probabilities (JSON lines)
 
 Training is a Hydra app; before Hydra creates any directory the config is composed and
 checked once (preflight), so a typo ends in one line naming the fix and leaves nothing
@@ -135,7 +136,6 @@ def check_config(cfg, run_dir: Path | None = None, allocation: dict | None = Non
     `allocation` (gpus, cores, tasks_per_node, nodes) describes the machines of a job to be
     submitted; by default the devices are checked against this machine.
     """
-    from omegaconf import OmegaConf
 
     from lightdist.checkpoints import resolve_ckpt_path
     from lightdist.config.validate import check_devices, check_precision, check_targets
@@ -143,9 +143,14 @@ def check_config(cfg, run_dir: Path | None = None, allocation: dict | None = Non
     check_targets(cfg)
     check_devices(cfg.trainer, **(allocation or {}))
     check_precision(cfg.trainer, cfg.get("strategy"))
-    if run_dir is None:  # before Hydra: where this run's directory will be
-        run_dir = Path(resolvers.run_dir(cfg.get("run_dir"), f"{OmegaConf.select(cfg, 'paths.log_dir')}/{cfg.name}"))
-    resolve_ckpt_path(cfg.get("ckpt_path"), run_dir)
+    resolve_ckpt_path(cfg.get("ckpt_path"), run_dir or planned_run_dir(cfg))
+
+
+def planned_run_dir(cfg) -> Path:
+    """Before Hydra runs: where this run's directory will be."""
+    from omegaconf import OmegaConf
+
+    return Path(resolvers.run_dir(cfg.get("run_dir"), f"{OmegaConf.select(cfg, 'paths.log_dir')}/{cfg.name}"))
 
 
 def check_wiring(cfg) -> None:
@@ -179,8 +184,13 @@ def check_wiring(cfg) -> None:
 
 def check_data(cfg) -> None:
     """The dataset is there (or downloadable): building the data module and asking for its facts finds out."""
+    import copy
+
     from hydra.utils import instantiate
 
+    cfg = copy.deepcopy(cfg)
+    # ${hydra:runtime.output_dir} resolves only inside the Hydra job; data configs may name files in it.
+    cfg.paths.output_dir = str(planned_run_dir(cfg))
     instantiate(cfg.data).check_available()
 
 
@@ -372,11 +382,18 @@ def sweep_command(argv: list[str]) -> None:
         train_command(points[args.index])
 
 
+def predict_command(argv: list[str]) -> None:
+    from lightdist.predict import predict_command as run
+
+    run(argv)
+
+
 COMMANDS: dict[str, Callable[[list[str]], None]] = {
     "train": train_command,
     "preflight": preflight_command,
     "convert": convert_command,
     "sweep": sweep_command,
+    "predict": predict_command,
 }
 
 

@@ -28,7 +28,7 @@ RUN_FILE = "run.json"
 SUMMARY_FILE = "summary.json"
 
 _PACKAGES = ("torch", "lightning", "hydra-core", "omegaconf", "torchmetrics", "deepspeed", "wandb", "kornia",
-             "numpy", "lightdist")
+             "tokenizers", "numpy", "lightdist")
 
 
 def write_json(path: Path, data: Any) -> None:

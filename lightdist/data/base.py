@@ -28,6 +28,13 @@ class DataModule(L.LightningDataModule):
     def check_available(self) -> None:
         """Raise DataError when the dataset is missing and cannot be fetched (called before any run)."""
 
+    def encode_inputs(self, raw: list) -> Any:
+        """Raw inputs (texts, ...) -> a batch without targets, `(inputs,)`, for `lightdist predict`.
+
+        Called on a data module restored from a checkpoint (load_state_dict), without its dataset.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not support prediction yet")
+
 
 class ClassificationDataModule(DataModule):
     """Subclasses fill train_set/val_set/test_set in setup() and describe the data in facts()."""

@@ -26,3 +26,81 @@ class UnpaddedDistributedSampler(DistributedSampler):
     def __len__(self) -> int:
         return self.num_samples
 
+
+
+class BucketBatchSampler(DistributedSampler):
+    """Batches of samples of similar length, sharded over ranks: little padding, every sample once.
+
+    Each epoch (same seed on every rank) the indices are shuffled, cut into buckets of
+    `bucket_batches` global batches, sorted by length inside each bucket and cut into global
+    batches of `batch_size * num_replicas`; the order of the global batches is shuffled and
+    rank r takes items r, r + W, ... of each, so all ranks get batches of similar length
+    (no rank waits for another at the gradient all-reduce). Without shuffling (evaluation)
+    the whole set is sorted by length.
+
+    Unlike torch's DistributedSampler, nothing is repeated to even out ranks: a last global
+    batch too small to give every rank a sample joins the one before it, so every rank runs
+    the same number of steps and each sample is seen exactly once per epoch across ranks
+    (with drop_last, the incomplete last global batch is dropped instead).
+
+    It yields lists of indices, so the DataLoader takes it as its `sampler` with
+    `batch_size=None` and the dataset's __getitem__ accepts a list. Being a
+    DistributedSampler, Lightning leaves it in place instead of injecting its own.
+    """
+
+    def __init__(self, lengths, batch_size: int, num_replicas: int = 1, rank: int = 0, shuffle: bool = True,
+                 seed: int = 0, drop_last: bool = False, bucket_batches: int = 50):
+        super().__init__(lengths, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed,
+                         drop_last=drop_last)
+        import numpy as np
+
+        if batch_size < 1 or bucket_batches < 1:
+            raise ValueError("batch_size and bucket_batches must be at least 1")
+        self.lengths = np.asarray(lengths)
+        self.batch_size = batch_size
+        self.bucket_batches = bucket_batches
+        self.num_samples = len(self)
+        self.total_size = len(self.lengths)
+
+    def _global_batches(self) -> list:
+        import numpy as np
+
+        n, per_step = len(self.lengths), self.batch_size * self.num_replicas
+        rng = np.random.default_rng(self.seed + self.epoch)
+        if self.shuffle:
+            order = rng.permutation(n)
+            bucket = per_step * self.bucket_batches
+        else:
+            order, bucket = np.arange(n), max(n, 1)
+        batches = []
+        for start in range(0, n, bucket):
+            chunk = order[start : start + bucket]
+            chunk = chunk[np.argsort(self.lengths[chunk], kind="stable")]
+            batches += [chunk[i : i + per_step] for i in range(0, len(chunk), per_step)]
+        if batches and len(batches[-1]) < per_step:
+            if self.drop_last:
+                batches.pop()
+            elif len(batches[-1]) < self.num_replicas and len(batches) > 1:
+                tail = batches.pop()
+                batches[-1] = np.concatenate([batches[-1], tail])
+        if self.shuffle:
+            batches = [batches[i] for i in rng.permutation(len(batches))]
+        return batches
+
+    def __iter__(self):
+        for batch in self._global_batches():
+            mine = batch[self.rank :: self.num_replicas]
+            if len(mine):
+                yield mine.tolist()
+
+    def __len__(self) -> int:
+        n, per_step = len(self.lengths), self.batch_size * self.num_replicas
+        if self.drop_last:
+            return n // per_step
+        full, rest = divmod(n, per_step)
+        if rest == 0:
+            return full
+        if rest < self.num_replicas:
+            # joins the batch before it; alone (no batch before) it reaches only the first `rest` ranks
+            return full if full > 0 else int(self.rank < rest)
+        return full + 1

@@ -47,13 +47,16 @@ class ClassificationTask(L.LightningModule):
         # Read by Lightning's ThroughputMonitor (FLOP/s and MFU); measured on the first batch.
         self.flops_per_batch: int | None = None
 
-    # -- how a batch becomes logits: subclasses adapt these two --------------------------
+    # -- how a batch becomes logits: subclasses adapt these -------------------------------
     def split_batch(self, batch: Any) -> tuple[Any, torch.Tensor]:
         inputs, targets = batch
         return inputs, targets
 
     def forward(self, inputs: Any) -> torch.Tensor:
-        model = self._compiled or self.model
+        return self.call_model(self._compiled or self.model, inputs)
+
+    def call_model(self, model: nn.Module, inputs: Any) -> torch.Tensor:
+        """How the inputs of a batch reach the model: one tensor here; text passes (tokens, lengths)."""
         return model(inputs)
 
     # -- shared plumbing --------------------------------------------------------------------

@@ -1,0 +1,1 @@
+"""Text classification data: corpora readers, the tokenizer, batching and the data module."""

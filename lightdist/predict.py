@@ -1,0 +1,156 @@
+"""Predict with a trained run: `lightdist predict run_dir=<dir> text="..."` or `predict(run_dir, texts)`.
+
+Generic over task families: the data module and task are rebuilt from the run's
+config.yaml, the data module's state (the tokenizer and label names for text) and the
+weights come from the checkpoint, the data module turns raw inputs into a batch
+(`encode_inputs`) and the task's predict_step gives the class probabilities. The dataset
+itself is not needed: a run directory (or a checkpoint beside its config) is enough.
+
+    lightdist predict run_dir=outputs/bbc_news_cnn/<run> text="Shares rose" text="The striker scored"
+    lightdist predict run_dir=<run> ckpt=last input_file=texts.txt      # one input per line
+"""
+
+import json
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from lightdist.checkpoints import CHECKPOINT_DIR
+from lightdist.errors import CheckpointError, ConfigError, DataError
+
+
+class Prediction(NamedTuple):
+    label: str
+    probs: dict[str, float]  # every class name -> its probability
+
+
+def find_checkpoint(run_dir: Path, ckpt: str) -> Path:
+    """`best`: the run's best checkpoint (summary.json, else the non-last one in checkpoints/); `last`; or a path."""
+    folder = run_dir / CHECKPOINT_DIR
+    if ckpt == "last":
+        path = folder / "last.ckpt"
+    elif ckpt == "best":
+        from lightdist import run_dir as rd
+
+        best = rd.read_json(run_dir / rd.SUMMARY_FILE).get("best_checkpoint")
+        candidates = sorted(p for p in folder.glob("*.ckpt") if not p.name.startswith("last"))
+        path = Path(best) if best and Path(best).is_file() else candidates[-1] if len(candidates) == 1 else None
+        if path is None:
+            found = ", ".join(p.name for p in candidates) or "none"
+            raise CheckpointError(f"no single best checkpoint in {folder} (found: {found})",
+                                  hint="pass ckpt=last or ckpt=<path to a .ckpt>")
+    else:
+        path = Path(ckpt).expanduser()
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist", hint="pass ckpt=best, ckpt=last or an existing .ckpt")
+    return path
+
+
+class Predictor:
+    """A run's data module and task, restored once, for any number of predict() calls."""
+
+    def __init__(self, run_dir: str | Path, ckpt: str = "best"):
+        import torch
+        from hydra.utils import instantiate
+
+        from lightdist import run_dir as rd
+        from lightdist.config import resolvers
+        from lightdist.train import build_task
+
+        resolvers.register()
+        self.run_dir = Path(run_dir).expanduser().resolve()
+        config = self.run_dir / rd.CONFIG_FILE
+        if not config.is_file():
+            raise ConfigError(f"{self.run_dir} is not a run directory (no {rd.CONFIG_FILE})",
+                              hint="pass run_dir=<a directory under outputs/ that holds config.yaml>")
+        cfg = rd.load_config(config)
+        self.checkpoint_path = find_checkpoint(self.run_dir, ckpt)
+        try:
+            checkpoint = torch.load(self.checkpoint_path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise CheckpointError(f"checkpoint {self.checkpoint_path} cannot be read ({exc})",
+                                  hint="pick another one, e.g. ckpt=last") from exc
+        self.datamodule = instantiate(cfg.data)
+        state = checkpoint.get(type(self.datamodule).__qualname__)
+        if state:
+            self.datamodule.load_state_dict(state)
+        facts = self.datamodule.facts()
+        self.class_names = [str(c) for c in facts.get("class_names") or range(facts["num_classes"])]
+        self.task = build_task(cfg, facts)
+        self.task.load_state_dict(checkpoint["state_dict"])
+        self.task.eval()
+
+    def predict(self, inputs: Sequence[Any], batch_size: int = 64) -> list[Prediction]:
+        import torch
+
+        out: list[Prediction] = []
+        with torch.inference_mode():
+            for start in range(0, len(inputs), batch_size):
+                batch = self.datamodule.encode_inputs(list(inputs[start : start + batch_size]))
+                probs = self.task.predict_step(batch, start // batch_size)
+                for row in probs.tolist():
+                    best = max(range(len(row)), key=row.__getitem__)
+                    out.append(Prediction(self.class_names[best], dict(zip(self.class_names, row))))
+        return out
+
+
+def predict(run_dir: str | Path, texts: Sequence[str], ckpt: str = "best", batch_size: int = 64) -> list[Prediction]:
+    """Labels and class probabilities for raw inputs, with a run's best (or last, or given) checkpoint."""
+    return Predictor(run_dir, ckpt).predict(texts, batch_size)
+
+
+# -- the command line ----------------------------------------------------------------------------
+_KEYS = ("run_dir", "ckpt", "text", "input_file", "batch_size")
+
+
+def _parse(argv: list[str]) -> dict[str, Any]:
+    args: dict[str, Any] = {"ckpt": "best", "text": [], "batch_size": 64}
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if not sep or key not in _KEYS:
+            raise ConfigError(f"unknown predict argument '{arg}'", hint=f"use {'=..., '.join(_KEYS)}=...")
+        if key == "text":
+            args["text"].append(value)
+        elif key == "batch_size":
+            if not value.isdigit() or int(value) < 1:
+                raise ConfigError(f"batch_size={value} must be a positive integer")
+            args["batch_size"] = int(value)
+        else:
+            args[key] = value
+    if "run_dir" not in args:
+        raise ConfigError("predict needs run_dir=<a run directory>")
+    return args
+
+
+def _read_inputs(path: str) -> list[str]:
+    file = Path(path).expanduser()
+    try:
+        content = file.read_bytes().decode("utf-8")
+    except FileNotFoundError as exc:
+        raise DataError(f"input_file {file} does not exist") from exc
+    except UnicodeDecodeError as exc:
+        raise DataError(f"input_file {file} is not valid utf-8 (offset {exc.start})",
+                        hint="save it as utf-8, one input per line") from exc
+    return [line for line in content.splitlines() if line.strip()]
+
+
+def _json_lines(inputs: list[str], predictions: list[Prediction]) -> Iterator[str]:
+    for raw, p in zip(inputs, predictions):
+        yield json.dumps({"input": raw, "label": p.label, "probs": {k: round(v, 6) for k, v in p.probs.items()}},
+                         ensure_ascii=False)
+
+
+def predict_command(argv: list[str]) -> None:
+    from lightdist.cli import guarded
+
+    def run() -> None:
+        args = _parse(argv)
+        inputs = list(args["text"]) + (_read_inputs(args["input_file"]) if args.get("input_file") else [])
+        if not inputs:
+            raise ConfigError("nothing to predict", hint='pass text="..." (repeatable) or input_file=<one input per line>')
+        predictions = predict(args["run_dir"], inputs, args["ckpt"], args["batch_size"])
+        for line in _json_lines(inputs, predictions):
+            sys.stdout.write(line + "\n")
+
+    guarded(run)
