@@ -52,17 +52,19 @@ def locate(
     dataset: str,
     allow_download: bool,
     after_download=None,
+    download_key: str = "data.download",
 ) -> Path:
     """The first of `root/<folder>` holding every required file; downloads into the first when missing.
 
-    `after_download(folder)` turns downloaded archives into the required files (e.g. untar).
+    `after_download(folder)` turns downloaded archives into the required files (e.g. untar);
+    `download_key` is the config key that switches downloads, for the error message.
     """
     root = Path(root).expanduser()
     for folder in folders:
         if all((root / folder / name).is_file() for name in required):
             return root / folder
     target = root / folders[0]
-    why = "downloads are off (data.download=false)"
+    why = f"downloads are off ({download_key}=false)"
     if allow_download:
         try:
             for item in remote:

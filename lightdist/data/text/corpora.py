@@ -140,7 +140,7 @@ class AGNewsCorpus(Corpus):
             remote = (RemoteFile("train.csv", _AG_NEWS_URL + "train.csv", "b1a00f826fdfbd249f79597b59e1dc12"),
                       RemoteFile("test.csv", _AG_NEWS_URL + "test.csv", "d52ea96a97a2d943681189a97654912d"))
             self._folder = locate(self.root, ("ag_news_csv",), AG_NEWS_FILES, remote, self.title,
-                                  allow_download and self.download)
+                                  allow_download and self.download, download_key="data.corpus.download")
 
     def class_names(self, folder: Path) -> list[str]:
         path = folder / "classes.txt"
