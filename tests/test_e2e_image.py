@@ -127,9 +127,12 @@ def test_ddp_averages_gradients_exactly(workdir):
 
 
 def test_cifar10_files_fast_dev_run(workdir):
+    """CIFAR-10 files in their canonical layout, ResNet-20, compiled (the eager backend: the
+    compile path without minutes of C++ code generation), channels_last."""
     write_cifar10(workdir / "data", per_batch=40)
     run_cli(["data=cifar10", f"data.root={workdir / 'data'}", "data.val_size=20", "model=resnet20",
-             "+debug=fast_dev_run", "data.batch_size=8", *QUIET], cwd=workdir)
+             "+debug=fast_dev_run", "data.batch_size=8", "task.compile=eager", "task.channels_last=true",
+             *QUIET], cwd=workdir)
 
 
 @pytest.mark.parametrize("strategy", ["ddp_fork", "ddp_spawn"])

@@ -29,7 +29,7 @@ class ClassificationTask(L.LightningModule):
         scheduler: Callable[..., dict] | None = None,
         label_smoothing: float = 0.0,
         class_names: list[str] | None = None,
-        compile: bool = False,
+        compile: bool | str = False,
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["model", "optimizer", "scheduler"])
@@ -53,7 +53,7 @@ class ClassificationTask(L.LightningModule):
         return inputs, targets
 
     def forward(self, inputs: Any) -> torch.Tensor:
-        return self.call_model(self._compiled or self.model, inputs)
+        return self.call_model(self.model if self._compiled is None else self._compiled, inputs)
 
     def call_model(self, model: nn.Module, inputs: Any) -> torch.Tensor:
         """How the inputs of a batch reach the model: one tensor here; text passes (tokens, lengths)."""
@@ -62,8 +62,10 @@ class ClassificationTask(L.LightningModule):
     # -- shared plumbing --------------------------------------------------------------------
     def setup(self, stage: str) -> None:
         if self.compile and self._compiled is None:
+            # compile=true: torch.compile's default backend (inductor); a string names the backend.
+            backend = self.compile if isinstance(self.compile, str) else "inductor"
             # Kept out of the module tree so state_dict keys stay those of the plain model.
-            object.__setattr__(self, "_compiled", torch.compile(self.model))
+            object.__setattr__(self, "_compiled", torch.compile(self.model, backend=backend))
 
     def _step(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         inputs, targets = self.split_batch(batch)

@@ -17,7 +17,7 @@ class ImageClassificationTask(ClassificationTask):
         scheduler: Callable[..., dict] | None = None,
         label_smoothing: float = 0.0,
         class_names: list[str] | None = None,
-        compile: bool = False,
+        compile: bool | str = False,
         channels_last: bool = False,
     ):
         super().__init__(model, num_classes, optimizer, scheduler, label_smoothing, class_names, compile)

@@ -22,7 +22,7 @@ class TextClassificationTask(ClassificationTask):
         scheduler: Callable[..., dict] | None = None,
         label_smoothing: float = 0.0,
         class_names: list[str] | None = None,
-        compile: bool = False,
+        compile: bool | str = False,
     ):
         super().__init__(model, num_classes, optimizer, scheduler, label_smoothing, class_names, compile)
 
