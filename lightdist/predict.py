@@ -16,8 +16,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from lightdist.checkpoints import CHECKPOINT_DIR
-from lightdist.errors import CheckpointError, ConfigError, DataError
+from lightdist.errors import ConfigError, DataError
 
 
 class Prediction(NamedTuple):
@@ -25,61 +24,19 @@ class Prediction(NamedTuple):
     probs: dict[str, float]  # every class name -> its probability
 
 
-def find_checkpoint(run_dir: Path, ckpt: str) -> Path:
-    """`best`: the run's best checkpoint (summary.json, else the non-last one in checkpoints/); `last`; or a path."""
-    folder = run_dir / CHECKPOINT_DIR
-    if ckpt == "last":
-        path = folder / "last.ckpt"
-    elif ckpt == "best":
-        from lightdist import run_dir as rd
-
-        best = rd.read_json(run_dir / rd.SUMMARY_FILE).get("best_checkpoint")
-        candidates = sorted(p for p in folder.glob("*.ckpt") if not p.name.startswith("last"))
-        path = Path(best) if best and Path(best).is_file() else candidates[-1] if len(candidates) == 1 else None
-        if path is None:
-            found = ", ".join(p.name for p in candidates) or "none"
-            raise CheckpointError(f"no single best checkpoint in {folder} (found: {found})",
-                                  hint="pass ckpt=last or ckpt=<path to a .ckpt>")
-    else:
-        path = Path(ckpt).expanduser()
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist", hint="pass ckpt=best, ckpt=last or an existing .ckpt")
-    return path
-
-
 class Predictor:
     """A run's data module and task, restored once, for any number of predict() calls."""
 
     def __init__(self, run_dir: str | Path, ckpt: str = "best"):
-        import torch
-        from hydra.utils import instantiate
+        from lightdist.runs import is_run_dir, load_run
 
-        from lightdist import run_dir as rd
-        from lightdist.config import resolvers
-        from lightdist.train import build_task
-
-        resolvers.register()
         self.run_dir = Path(run_dir).expanduser().resolve()
-        config = self.run_dir / rd.CONFIG_FILE
-        if not config.is_file():
-            raise ConfigError(f"{self.run_dir} is not a run directory (no {rd.CONFIG_FILE})",
+        if not is_run_dir(self.run_dir):
+            raise ConfigError(f"{self.run_dir} is not a run directory (no config.yaml)",
                               hint="pass run_dir=<a directory under outputs/ that holds config.yaml>")
-        cfg = rd.load_config(config)
-        self.checkpoint_path = find_checkpoint(self.run_dir, ckpt)
-        try:
-            checkpoint = torch.load(self.checkpoint_path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise CheckpointError(f"checkpoint {self.checkpoint_path} cannot be read ({exc})",
-                                  hint="pick another one, e.g. ckpt=last") from exc
-        self.datamodule = instantiate(cfg.data)
-        state = checkpoint.get(type(self.datamodule).__qualname__)
-        if state:
-            self.datamodule.load_state_dict(state)
-        facts = self.datamodule.facts()
-        self.class_names = [str(c) for c in facts.get("class_names") or range(facts["num_classes"])]
-        self.task = build_task(cfg, facts)
-        self.task.load_state_dict(checkpoint["state_dict"])
-        self.task.eval()
+        run = load_run(self.run_dir, ckpt)
+        self.checkpoint_path, self.datamodule, self.task = run.checkpoint, run.datamodule, run.task
+        self.class_names = [str(c) for c in run.facts.get("class_names") or range(run.facts["num_classes"])]
 
     def predict(self, inputs: Sequence[Any], batch_size: int = 64) -> list[Prediction]:
         import torch

@@ -6,7 +6,8 @@ import json
 import pytest
 
 from lightdist.errors import CheckpointError
-from lightdist.predict import find_checkpoint, predict_command
+from lightdist.predict import predict_command
+from lightdist.runs import find_checkpoint
 
 
 @pytest.mark.parametrize(("argv", "expected"), [

@@ -1,0 +1,136 @@
+"""Reloading a trained run: its config, data module, task and weights, from a run directory.
+
+Fine-tuning (weights of another run), distillation (a teacher run) and the optimisation
+commands (prune, quantize, export) all start from a run directory or a checkpoint in one.
+Everything is rebuilt the way train.py built it (`instantiate(cfg.data)`, its facts,
+`build_task`), so any task family whose model is a plain nn.Module reloads the same way.
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lightdist.checkpoints import CHECKPOINT_DIR, checkpoint_kind
+from lightdist.errors import CheckpointError, ConfigError
+
+
+def is_run_dir(path: Path) -> bool:
+    from lightdist import run_dir as rd
+
+    return path.is_dir() and (path / rd.CONFIG_FILE).is_file()
+
+
+def find_checkpoint(run_dir: Path, ckpt: str = "best") -> Path:
+    """`best` (summary.json's best checkpoint, else the only non-last one), `last`, or a path."""
+    from lightdist import run_dir as rd
+
+    folder = run_dir / CHECKPOINT_DIR
+    if ckpt == "last":
+        path = folder / "last.ckpt"
+    elif ckpt == "best":
+        best = rd.read_json(run_dir / rd.SUMMARY_FILE).get("best_checkpoint")
+        candidates = sorted(p for p in folder.glob("*.ckpt") if not p.name.startswith(("last", "preempted")))
+        if best and Path(best).exists():
+            path = Path(best)
+        elif len(candidates) == 1:
+            path = candidates[0]
+        elif (folder / "last.ckpt").exists() and not candidates:
+            path = folder / "last.ckpt"
+        else:
+            found = ", ".join(p.name for p in candidates) or "none"
+            raise CheckpointError(f"no single best checkpoint in {folder} (found: {found})",
+                                  hint="pass ckpt=last or ckpt=<path to a checkpoint>")
+    else:
+        path = Path(ckpt).expanduser()
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path} does not exist", hint="pass ckpt=best, ckpt=last or an existing path")
+    return path
+
+
+def locate(source: str | Path, ckpt: str = "best") -> tuple[Path | None, Path]:
+    """(run directory or None, checkpoint) for a run directory or a checkpoint (inside a run's checkpoints/)."""
+    path = Path(source).expanduser().resolve()
+    if is_run_dir(path):
+        return path, find_checkpoint(path, ckpt)
+    if not path.exists():
+        raise CheckpointError(f"{path} does not exist", hint="pass a run directory or a checkpoint")
+    checkpoint_kind(path)  # a readable file or a sharded checkpoint directory
+    run = path.parent.parent if path.parent.name == CHECKPOINT_DIR else None
+    return (run if run is not None and is_run_dir(run) else None), path
+
+
+def model_state(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """The model's own state_dict from a task checkpoint (keys under the task's `model.`) or a plain state dict."""
+    state = checkpoint.get("state_dict", checkpoint)
+    if not isinstance(state, dict) or not state:
+        raise CheckpointError("the file holds no state dict", hint="save one with torch.save(model.state_dict(), path)")
+    prefixed = {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
+    return prefixed or dict(state)
+
+
+def read_weights(source: str | Path, ckpt: str = "best") -> dict[str, Any]:
+    """A model state_dict from a run directory, any checkpoint (sharded ones too) or a state-dict file."""
+    import torch
+
+    from lightdist.checkpoints import load_consolidated
+
+    path = Path(source).expanduser()
+    if is_run_dir(path.resolve()):
+        return model_state(load_consolidated(find_checkpoint(path.resolve(), ckpt)))
+    if path.is_file():
+        try:
+            loaded = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception:  # Lightning checkpoints hold more than tensors (hyperparameters, loop state)
+            loaded = load_consolidated(path)
+        if not isinstance(loaded, dict):
+            raise CheckpointError(f"{path} holds a {type(loaded).__name__}, not a state dict",
+                                  hint="save weights with torch.save(model.state_dict(), path)")
+        return model_state(loaded)
+    return model_state(load_consolidated(locate(path, ckpt)[1]))
+
+
+@dataclass
+class Run:
+    """A trained run, rebuilt: config, data module (with its saved state), task with the checkpoint's weights."""
+
+    run_dir: Path
+    checkpoint: Path
+    cfg: Any
+    datamodule: Any
+    facts: dict[str, Any]
+    task: Any
+
+    @property
+    def model(self):
+        return self.task.model
+
+
+def load_run(source: str | Path, ckpt: str = "best") -> Run:
+    """Rebuild the run that `source` (a run directory or a checkpoint inside one) belongs to, in eval mode."""
+    from hydra.utils import instantiate
+
+    from lightdist import run_dir as rd
+    from lightdist.checkpoints import load_consolidated
+    from lightdist.config import resolvers
+    from lightdist.train import build_task
+
+    resolvers.register()
+    run, checkpoint_path = locate(source, ckpt)
+    if run is None:
+        raise ConfigError(f"{source} is not inside a run directory, so its config is unknown",
+                          hint="pass a run directory (holding config.yaml) or a checkpoint in its checkpoints/")
+    cfg = rd.load_config(run / rd.CONFIG_FILE)
+    checkpoint = load_consolidated(checkpoint_path)
+    datamodule = instantiate(cfg.data)
+    # Data modules with learned state (a text vocabulary) keep it in the checkpoint under their class name.
+    state = checkpoint.get(type(datamodule).__qualname__)
+    if state and hasattr(datamodule, "load_state_dict"):
+        datamodule.load_state_dict(state)
+    facts = datamodule.facts()
+    task = build_task(cfg, facts)
+    missing, unexpected = task.load_state_dict(checkpoint["state_dict"], strict=False)
+    if [k for k in missing if k.startswith("model.")] or unexpected:
+        raise CheckpointError(f"{checkpoint_path} does not fit the model of {run / rd.CONFIG_FILE} "
+                              f"(missing: {missing[:3]}, unexpected: {unexpected[:3]})")
+    task.eval()
+    return Run(run, checkpoint_path, cfg, datamodule, facts, task)
