@@ -254,7 +254,12 @@ def run_job(cfg) -> Any:
         if status == "requeued" and is_rank_zero() and cfg.get("preemption", {}).get("requeue", True):
             requeue_slurm_job()  # last: the requeue terminates this job's processes
         metric = cfg.get("optimized_metric")
-        return summary["callback_metrics"].get(metric) if metric else None
+        if not metric:
+            return None
+        from lightdist.sweeps.summary import objective
+
+        best = objective(summary, metric)
+        return best if best is not None else summary["callback_metrics"].get(metric)
 
 
 def _log_libraries_to_job_file() -> None:
@@ -288,14 +293,29 @@ def _hydra_app(config_name: str):
 def train_command(argv: list[str]) -> None:
     flags, overrides = split_args(argv)
     config_name = _flag_value(flags, "-cn", "--config-name") or "config"
-    if not any(f in _NO_PREFLIGHT for f in flags) and "--cfg" not in flags and "-c" not in flags:
-        guarded(preflight, overrides, config_name)
+    checked = not any(f in _NO_PREFLIGHT for f in flags) and "--cfg" not in flags and "-c" not in flags
+    cfg = guarded(preflight, overrides, config_name) if checked else None
+    folds = _unswept_folds(cfg, overrides)
+    if folds:  # data.kfold.k alone: every fold is one job of a multirun
+        overrides.append(f"data.kfold.fold={','.join(map(str, range(folds)))}")
+        if "-m" not in flags and "--multirun" not in flags:
+            flags.append("--multirun")
     if not is_rank_zero():
         # Ranks > 0 started by srun/torchrun compose the same config and run directory but
         # write nothing there: no .hydra/ copy, no log file.
         overrides += ["hydra.output_subdir=null", "hydra/job_logging=none", "hydra/hydra_logging=none"]
     sys.argv = [sys.argv[0], *flags, *overrides]
     _hydra_app(config_name)()
+
+
+def _unswept_folds(cfg, overrides: list[str]) -> int:
+    """k when k-fold is on and no fold is chosen (nor swept), else 0."""
+    if any(o.lstrip("+~").startswith("data.kfold.fold=") for o in overrides):
+        return 0
+    if cfg is None:
+        return 0
+    kfold = cfg.data.get("kfold") or {}
+    return int(kfold["k"]) if kfold.get("k") is not None and kfold.get("fold") is None else 0
 
 
 def run_child(config_path: Path) -> None:
@@ -368,8 +388,13 @@ def sweep_command(argv: list[str]) -> None:
     what.add_argument("--index", type=int, help="run the point with this index (0-based)")
     what.add_argument("--count", action="store_true", help="print the number of points")
     what.add_argument("--list", action="store_true", help="print each point's overrides")
+    what.add_argument("--summarize", metavar="DIR",
+                      help="write sweep_summary.csv/.md for the runs in DIR (e.g. a SLURM array sweep's)")
     args, overrides = parser.parse_known_args(argv)
     overrides = [o for o in overrides if o != "--"]
+    if args.summarize:
+        guarded(summarize_runs, args.summarize, overrides)
+        return
     points = guarded(sweep_points, overrides)
     if args.count:
         print(len(points))
@@ -380,6 +405,20 @@ def sweep_command(argv: list[str]) -> None:
         _fail(f"sweep point {args.index} does not exist: the sweep has {len(points)} point(s) (0-{len(points) - 1})")
     else:
         train_command(points[args.index])
+
+
+def summarize_runs(folder: str, overrides: list[str]) -> None:
+    """The sweep summary of the runs under `folder`, ranked by the optimized metric of their config."""
+    from lightdist.sweeps import summary
+
+    path = Path(folder).expanduser()
+    if not path.is_dir():
+        raise ConfigError(f"{path} is not a directory", hint="pass the folder that holds the sweep's run directories")
+    cfg = compose(overrides)
+    written = summary.write(path, cfg.optimized_metric, cfg.monitor.mode)
+    if written is None:
+        raise ConfigError(f"no run directories under {path}", hint="pass the folder that holds the runs")
+    print(written[1].read_text(), end="")
 
 
 def predict_command(argv: list[str]) -> None:

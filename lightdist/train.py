@@ -54,6 +54,11 @@ def build_callbacks(cfg: DictConfig, has_logger: bool) -> list[L.Callback]:
     if cfg.get("preemption"):
         p = cfg.preemption
         callbacks.append(PreemptionHandler(p.signal, p.check_every_n_steps))
+    trial = cfg.get("search_trial") or {}
+    if trial.get("trial_id") is not None:  # an Optuna trial launched with a pruner
+        from lightdist.callbacks.optuna_pruning import OptunaPruning
+
+        callbacks.append(OptunaPruning(trial.storage, trial.study, int(trial.trial_id), cfg.optimized_metric))
     # Callbacks that only make sense with what was switched off are dropped rather than refused.
     if not cfg.trainer.get("enable_progress_bar", True):
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
@@ -137,6 +142,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             "threads_per_rank": threads,
             "interrupted": trainer.interrupted,
             "preempted": preempted,
+            "pruned": any(getattr(c, "pruned_at_step", None) is not None for c in trainer.callbacks),
             "wall_time_s": round(time.time() - started, 2),
             "first_step_at": clock.first_at,
             "train_steps_per_s": clock.steps_per_second(),

@@ -69,3 +69,30 @@ def test_trainer_overrides_reach_the_config():
         2, "bf16-mixed", 4, 1.0, 7)
     assert t.limit_train_batches == 0.5 and t.deterministic is True and cfg.seed == 7
     check_targets(cfg)
+
+
+@pytest.mark.parametrize("search", sorted(p.stem for p in (CONF / "hparams_search").glob("*.yaml")))
+def test_hparams_search_space_fits_its_experiment(search):
+    """Every searched key exists in the experiment the search is named after (or in the defaults),
+    every sampled value passes validation, and the sweeper accepts its options."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from optuna.distributions import CategoricalDistribution
+
+    from lightdist.sweeps import search_space
+    from lightdist.sweeps.optuna_search import OptunaSearch
+
+    experiment = [f"+experiment={search}"] if (CONF / "experiment" / f"{search}.yaml").is_file() else []
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = hydra_compose("config", overrides=[*experiment, f"hparams_search={search}"], return_hydra_config=True)
+    sweeper = {k: v for k, v in cfg.hydra.sweeper.items() if k != "_target_"}
+    assert cfg.hydra.sweeper._target_.endswith("OptunaSweeper") and cfg.hydra.mode.name == "MULTIRUN"
+    OptunaSearch(**sweeper)
+    dims, _ = search_space.parse([f"{k}={v}" for k, v in sweeper["params"].items()])
+    for edge in (0, -1):
+        point = []
+        for d in dims:
+            dist = d.distribution
+            value = dist.choices[edge] if isinstance(dist, CategoricalDistribution) else (dist.low, dist.high)[edge]
+            point.append(d.as_override(value))
+        check_targets(compose([*experiment, f"hparams_search={search}", *point]))

@@ -127,6 +127,33 @@ def test_array_job_runs_each_sweep_point(slurm, workdir):
     assert all(read_summary(d)["world_size"] == 2 for d in dirs)
 
 
+def test_search_array_tasks_share_one_optuna_study(slurm, workdir):
+    """Two array tasks, each a 2-rank DDP job running a trial of the same study: rank 0 asks the
+    study, rank 1 follows it; the summary then covers both tasks' trials."""
+    import optuna
+    import yaml
+
+    from lightdist.sweeps.study import open_storage
+
+    job = submit(["--array=0-1", str(REPO / "slurm" / "search.sbatch"), *TINY, "hparams_search=random_lr",
+                  "hydra.sweeper.n_trials=1", "trainer.max_epochs=1", "trainer.limit_train_batches=4",
+                  "test_after_fit=false"], workdir)
+    wait_for(job, timeout=400)
+    folder = workdir / "outputs" / "default" / f"search-{job}"
+    runs = sorted(p.parent for p in folder.rglob("summary.json"))
+    assert [r.relative_to(folder).as_posix() for r in runs] == ["task-0/0", "task-1/0"], log_of(workdir)[-3000:]
+    assert all(read_summary(r)["world_size"] == 2 for r in runs)
+    study = optuna.load_study(study_name=f"default-{job}", storage=open_storage(str(folder / "optuna.journal")))
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
+    lrs = {yaml.safe_load((r / "config.yaml").read_text())["optimizer"]["lr"] for r in runs}
+    assert lrs == {t.params["optimizer.lr"] for t in study.trials}  # each task ran the trial it was given
+    out = subprocess.run([sys.executable, "-m", "lightdist", "sweep", "--summarize", str(folder)], cwd=workdir,
+                         env=cli_env(), capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "task-0/0" in out.stdout and "task-1/0" in out.stdout
+    assert (folder / "sweep_summary.csv").is_file()
+
+
 def launch(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([LAUNCH, *args], cwd=cwd, env=slurm_env(), capture_output=True, text=True, timeout=120)
 

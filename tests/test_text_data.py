@@ -107,6 +107,21 @@ def test_splits_are_seeded_and_stratified(tmp_path):
     assert test_texts(0) == test_texts(0) and test_texts(0) != test_texts(1)
 
 
+def test_kfold_validates_on_each_fold_of_the_non_test_texts(tmp_path):
+    from lightdist.data.splits import KFold
+
+    folder = write_folder_corpus(tmp_path, per_class=20)
+    splits = [datamodule(FolderCorpus(str(folder)), test_size=9, kfold=KFold(4, i)).splits() for i in range(4)]
+    tests = {tuple(s["test"][0]) for s in splits}
+    assert len(tests) == 1  # the test split does not move with the fold
+    vals = [text for s in splits for text in s["val"][0]]
+    train_and_val = set(splits[0]["train"][0]) | set(splits[0]["val"][0])
+    assert len(vals) == len(set(vals)) == len(train_and_val) == 60 - 9  # each non-test text validates once
+    for s in splits:
+        assert not set(s["train"][0]) & set(s["val"][0])
+        assert np.bincount(s["val"][1]).max() - np.bincount(s["val"][1]).min() <= 1  # stratified
+
+
 # -- bad input: one clear DataError, the file untouched ---------------------------------------------
 def _bad_cases(tmp: Path) -> dict:
     empty = tmp / "empty.csv"

@@ -35,3 +35,51 @@ def stratified_subset(labels: np.ndarray, size: int | None, seed: int) -> np.nda
         return np.arange(n)
     _, subset = stratified_split(labels, int(size), seed)
     return subset
+
+
+class KFold:
+    """k-fold cross-validation over the training data (data.kfold.k, data.kfold.fold).
+
+    With k set, the validation split is fold `fold` of k stratified folds of all non-test
+    data and the other k-1 folds train; data.val_size is then unused. The test split is
+    untouched. `python -m lightdist data.kfold.k=5` runs the five folds as a multirun and
+    reports mean and std over them (lightdist.sweeps.summary).
+    """
+
+    def __init__(self, k: int | None = None, fold: int | None = None):
+        if k is not None and k < 2:
+            raise ValueError(f"data.kfold.k={k}: k-fold needs k >= 2 (null switches it off)")
+        if fold is not None and (k is None or not 0 <= fold < k):
+            raise ValueError(f"data.kfold.fold={fold} needs data.kfold.k set and 0 <= fold < k")
+        self.k, self.fold = k, fold
+
+    @property
+    def enabled(self) -> bool:
+        return self.k is not None
+
+    def split(self, labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        """(train, val) index arrays of this fold."""
+        if self.fold is None:
+            raise ValueError("data.kfold.fold is not set: run every fold with data.kfold.k alone, "
+                             "or pick one with data.kfold.fold=<0..k-1>")
+        folds = stratified_folds(labels, self.k, seed)
+        return np.flatnonzero(folds != self.fold), np.flatnonzero(folds == self.fold)
+
+
+def stratified_folds(labels: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """The fold (0..k-1) of every sample: each class dealt round-robin over the folds after a seeded
+    shuffle, each class starting where the previous one stopped, so fold sizes differ by one at most.
+
+    By hand rather than scikit-learn's StratifiedKFold: one function does not justify the dependency.
+    """
+    labels = np.asarray(labels)
+    if len(labels) < k:
+        raise ValueError(f"cannot make {k} folds of {len(labels)} samples")
+    rng = np.random.default_rng(seed)
+    folds = np.empty(len(labels), dtype=np.int64)
+    start = 0
+    for cls in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == cls))
+        folds[idx] = (start + np.arange(len(idx))) % k
+        start = (start + len(idx)) % k
+    return folds

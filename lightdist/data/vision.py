@@ -18,7 +18,7 @@ from lightdist.data import cifar, idx
 from lightdist.data.augment import ImageAugmentation
 from lightdist.data.base import ClassificationDataModule
 from lightdist.data.download import RemoteFile, locate
-from lightdist.data.splits import stratified_split, stratified_subset
+from lightdist.data.splits import KFold, stratified_split, stratified_subset
 from lightdist.errors import DataError
 
 
@@ -120,6 +120,7 @@ class VisionDataModule(ClassificationDataModule):
         eval_batch_size: int | None = None,
         val_size: int | float = 5000,
         split_seed: int = 0,
+        kfold: KFold | None = None,
         train_subset: int | None = None,
         val_subset: int | None = None,
         test_subset: int | None = None,
@@ -137,6 +138,7 @@ class VisionDataModule(ClassificationDataModule):
         self.root = root
         self.val_size = val_size
         self.split_seed = split_seed
+        self.kfold = kfold if kfold is not None and kfold.enabled else None
         self.subsets = {"train": train_subset, "val": val_subset, "test": test_subset}
         self.download = download
         self.augment = augment if augment is not None and augment.enabled else None
@@ -176,7 +178,10 @@ class VisionDataModule(ClassificationDataModule):
         if labels.max() >= self.spec.num_classes or test_labels.max() >= self.spec.num_classes:
             raise DataError(f"{folder}: labels exceed the {self.spec.num_classes} classes of {self.spec.title}",
                             hint="check data.dataset matches the files")
-        train_idx, val_idx = stratified_split(labels, self.val_size, self.split_seed)
+        if self.kfold:
+            train_idx, val_idx = self.kfold.split(labels, self.split_seed)
+        else:
+            train_idx, val_idx = stratified_split(labels, self.val_size, self.split_seed)
         train_idx = train_idx[stratified_subset(labels[train_idx], self.subsets["train"], self.split_seed)]
         val_idx = val_idx[stratified_subset(labels[val_idx], self.subsets["val"], self.split_seed)]
         test_idx = stratified_subset(test_labels, self.subsets["test"], self.split_seed)

@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from lightdist.data.base import ClassificationDataModule
 from lightdist.data.samplers import BucketBatchSampler
-from lightdist.data.splits import stratified_split, stratified_subset
+from lightdist.data.splits import KFold, stratified_split, stratified_subset
 from lightdist.data.text.batching import PadCollate, TokenizedTexts
 from lightdist.data.text.corpora import Corpus
 from lightdist.data.text.tokenizer import TextTokenizer
@@ -52,6 +52,7 @@ class TextDataModule(ClassificationDataModule):
         val_size: int | float = 0.1,
         test_size: int | float = 0.2,
         split_seed: int = 0,
+        kfold: KFold | None = None,
         train_subset: int | None = None,
         val_subset: int | None = None,
         test_subset: int | None = None,
@@ -73,6 +74,7 @@ class TextDataModule(ClassificationDataModule):
         self.val_size = val_size
         self.test_size = test_size
         self.split_seed = split_seed
+        self.kfold = kfold if kfold is not None and kfold.enabled else None
         self.subsets = {"train": train_subset, "val": val_subset, "test": test_subset}
         self.bucketing = bucketing
         self.bucket_batches = bucket_batches
@@ -108,8 +110,17 @@ class TextDataModule(ClassificationDataModule):
             if part is not None:
                 texts[split], labels[split] = part.texts, encode_labels(part, split)
         total = len(texts["train"])
+        if self.kfold:  # k-fold: validation is one fold of all non-test data, the corpus' own val included
+            if "val" in texts:
+                texts["train"] = texts["train"] + texts.pop("val")
+                labels["train"] = np.concatenate([labels["train"], labels.pop("val")])
         for split, size in (("test", self.test_size), ("val", self.val_size)):
             if split in texts:
+                continue
+            if split == "val" and self.kfold:
+                keep, held = self.kfold.split(labels["train"], self.split_seed)
+                texts["val"], labels["val"] = [texts["train"][i] for i in held], labels["train"][held]
+                texts["train"], labels["train"] = [texts["train"][i] for i in keep], labels["train"][keep]
                 continue
             count = _holdout_count(size, total, f"{split}_size")
             try:
