@@ -215,10 +215,12 @@ def preflight(overrides: list[str], config_name: str = "config", with_data: bool
     if unknown:
         raise ConfigError(f"unknown top-level key(s): {', '.join(unknown)}",
                           hint=f"top-level keys: {', '.join(sorted(base.keys()))}")
-    check_config(cfg, allocation=allocation)
-    check_wiring(cfg)
+    # data.kfold.k alone becomes one job per fold: check the first of them.
+    checked = compose([*point, "data.kfold.fold=0"], config_name) if _unswept_folds(cfg, point) else cfg
+    check_config(checked, allocation=allocation)
+    check_wiring(checked)
     if with_data:
-        check_data(cfg)
+        check_data(checked)
     return cfg
 
 

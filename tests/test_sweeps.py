@@ -182,7 +182,7 @@ def test_optuna_trials_run_as_ddp_jobs(workdir):
 @needs_fashion_mnist
 @pytest.mark.slow
 def test_kfold_runs_every_fold_and_reports_mean_and_std(workdir):
-    run_cli([*TINY, "data.kfold.k=3", "trainer.max_epochs=1"], cwd=workdir)
+    run_cli([*TINY, "data.kfold.k=3", "trainer.max_epochs=1", "test_after_fit=false"], cwd=workdir)
     folder = _sweep_dir(workdir)
     folds = sorted(p for p in folder.iterdir() if p.is_dir())
     assert len(folds) == 3
@@ -192,3 +192,15 @@ def test_kfold_runs_every_fold_and_reports_mean_and_std(workdir):
     assert cv["folds"] == cv["completed"] == 3 and len(cv["val/acc"]["per_fold"]) == 3
     assert cv["val/acc"]["mean"] == pytest.approx(np.mean(cv["val/acc"]["per_fold"]))
     assert "+-" in (folder / "sweep_summary.md").read_text()
+
+
+@needs_fashion_mnist
+@pytest.mark.slow
+def test_optuna_trial_is_scored_by_the_mean_over_folds(workdir):
+    run_cli([*TINY, "-m", "hydra/sweeper=optuna", "hydra.sweeper.n_trials=1", "data.kfold.k=2",
+             "optimizer.lr=tag(log,interval(1e-3,1e-2))", "trainer.max_epochs=1", "test_after_fit=false"], cwd=workdir)
+    folder = _sweep_dir(workdir)
+    folds = [read_summary(folder / str(i))["best_score"] for i in range(2)]
+    results = yaml.safe_load((folder / "optuna_results.yaml").read_text())
+    assert results["trials"]["complete"] == 1
+    assert results["best_value"] == pytest.approx(np.mean(folds))

@@ -111,12 +111,15 @@ def _short(value: str) -> str:
         return value
 
 
-def cross_validation(rows: list[dict[str, Any]], metric: str) -> list[dict[str, Any]]:
-    """Mean and sample std over the folds of each configuration that ran two folds or more."""
+def cross_validation(rows: list[dict[str, Any]], metric: str, mode: str = "max") -> list[dict[str, Any]]:
+    """Mean and sample std over the folds of each configuration that ran two folds or more, best first.
+
+    A configuration is named by its overrides that vary between runs (other than the fold)."""
+    swept = [k for k in _varying(rows) if k != FOLD_KEY]
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for row in rows:
         if FOLD_KEY in row["overrides"]:
-            config = tuple(sorted((k, v) for k, v in row["overrides"].items() if k != FOLD_KEY))
+            config = tuple((k, row["overrides"].get(k, "")) for k in swept)
             groups.setdefault(config, []).append(row)
     test_metric = "test/" + metric.split("/", 1)[-1]
     out = []
@@ -133,7 +136,8 @@ def cross_validation(rows: list[dict[str, Any]], metric: str) -> list[dict[str, 
                                "std": statistics.stdev(values) if len(values) > 1 else 0.0,
                                "per_fold": values}
         out.append(entry)
-    return out
+    sign = -1.0 if mode == "max" else 1.0
+    return sorted(out, key=lambda e: sign * e[metric]["mean"] if metric in e else math.inf)
 
 
 def write(folder: str | Path, metric: str, mode: str = "max") -> tuple[Path, Path] | None:
@@ -168,7 +172,7 @@ def write(folder: str | Path, metric: str, mode: str = "max") -> tuple[Path, Pat
         row = [*row[:2], *map(_short, row[2 : 2 + len(swept)]), *row[2 + len(swept):]]
         lines.append("| " + " | ".join(row[: len(md_header) - len(shown)]
                                        + [row[header.index(c)] for c in shown]) + " |")
-    cv = cross_validation(rows, metric)
+    cv = cross_validation(rows, metric, mode)
     if cv:
         _write_cv(folder, cv, metric, lines)
     md_path.write_text("\n".join(lines) + "\n")
