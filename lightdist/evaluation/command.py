@@ -68,9 +68,10 @@ def split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
         elif head in RUN_KEYS:
             run.append(arg)
         else:
-            raise ConfigError(f"eval cannot override '{arg.split('=', 1)[0]}': the model and task come from the run",
-                              hint=f"eval keys: {', '.join(sorted(eval_keys))}; run keys: "
-                                   f"{', '.join(k + ('.*' if k in ('data', 'trainer', 'strategy') else '') for k in RUN_KEYS)}")
+            run_keys = ", ".join(k + (".*" if k in ("data", "trainer", "strategy") else "") for k in RUN_KEYS)
+            raise ConfigError(f"eval cannot override '{arg.split('=', 1)[0]}'",
+                              hint=f"eval keys: {', '.join(sorted(eval_keys))}; keys of the run's config: {run_keys}; "
+                                   "the model and the task are the run's")
     return mine, run
 
 
