@@ -3,6 +3,7 @@
     lightdist +experiment=fashion_mnist_cnn trainer=cpu_ddp      # train (the default command)
     lightdist preflight +experiment=cifar_resnet trainer=gpu     # compose and check, run nothing
     lightdist predict run_dir=outputs/<name>/<run> text="..."    # labels and probabilities (JSON lines)
+    lightdist eval run_dir=outputs/<name>/<run> split=test       # report: metrics, ROC, calibration
 
 Training is a Hydra app; before Hydra creates any directory the config is composed and
 checked once (preflight), so a typo ends in one line naming the fix and leaves nothing
@@ -321,11 +322,19 @@ def _unswept_folds(cfg, overrides: list[str]) -> int:
 
 
 def run_child(config_path: Path) -> None:
-    """A rank > 0 started by Lightning's launcher: run rank 0's job from its resolved config."""
+    """A rank > 0 started by Lightning's launcher: run rank 0's job from its resolved config.
+
+    The job is training, or an evaluation when the config holds an `eval` node (`lightdist eval`).
+    """
     from lightdist import run_dir as rd
     from lightdist import train
 
     cfg = rd.load_config(config_path)
+    if "eval" in cfg:
+        from lightdist.evaluation.command import evaluate
+
+        evaluate(cfg)
+        return
     train.run(cfg, Path(cfg.paths.output_dir))
 
 
@@ -429,12 +438,19 @@ def predict_command(argv: list[str]) -> None:
     run(argv)
 
 
+def eval_command(argv: list[str]) -> None:
+    from lightdist.evaluation.command import eval_command as run
+
+    run(argv)
+
+
 COMMANDS: dict[str, Callable[[list[str]], None]] = {
     "train": train_command,
     "preflight": preflight_command,
     "convert": convert_command,
     "sweep": sweep_command,
     "predict": predict_command,
+    "eval": eval_command,
 }
 
 

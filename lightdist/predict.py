@@ -1,13 +1,18 @@
-"""Predict with a trained run: `lightdist predict run_dir=<dir> text="..."` or `predict(run_dir, texts)`.
+"""Predict with a trained run: `lightdist predict run_dir=<dir> text="..."` (or image=<file>) or `predict(run_dir, inputs)`.
 
 Generic over task families: the data module and task are rebuilt from the run's
-config.yaml, the data module's state (the tokenizer and label names for text) and the
+config.yaml, the data module's state (the tokenizer and label names for text, the
+normalisation statistics for images) and the
 weights come from the checkpoint, the data module turns raw inputs into a batch
 (`encode_inputs`) and the task's predict_step gives the class probabilities. The dataset
 itself is not needed: a run directory (or a checkpoint beside its config) is enough.
 
     lightdist predict run_dir=outputs/bbc_news_cnn/<run> text="Shares rose" text="The striker scored"
     lightdist predict run_dir=<run> ckpt=last input_file=texts.txt      # one input per line
+    lightdist predict run_dir=outputs/fashion_mnist_cnn/<run> image=shoe.png image=shirt.npy
+
+Images are files (PNG, JPEG... or .npy arrays) or, from Python, numpy arrays and tensors
+(uint8 0-255 or float 0-1); they are converted to the run's channels and size.
 """
 
 import json
@@ -52,13 +57,15 @@ class Predictor:
         return out
 
 
-def predict(run_dir: str | Path, texts: Sequence[str], ckpt: str = "best", batch_size: int = 64) -> list[Prediction]:
-    """Labels and class probabilities for raw inputs, with a run's best (or last, or given) checkpoint."""
-    return Predictor(run_dir, ckpt).predict(texts, batch_size)
+def predict(run_dir: str | Path, inputs: Sequence[Any], ckpt: str = "best", batch_size: int = 64
+            ) -> list[Prediction]:
+    """Labels and class probabilities for raw inputs (texts; image files, arrays or tensors), with a run's
+    best (or last, or given) checkpoint."""
+    return Predictor(run_dir, ckpt).predict(inputs, batch_size)
 
 
 # -- the command line ----------------------------------------------------------------------------
-_KEYS = ("run_dir", "ckpt", "text", "input_file", "batch_size")
+_KEYS = ("run_dir", "ckpt", "text", "image", "input_file", "batch_size")
 
 
 def _parse(argv: list[str]) -> dict[str, Any]:
@@ -67,7 +74,7 @@ def _parse(argv: list[str]) -> dict[str, Any]:
         key, sep, value = arg.partition("=")
         if not sep or key not in _KEYS:
             raise ConfigError(f"unknown predict argument '{arg}'", hint=f"use {'=..., '.join(_KEYS)}=...")
-        if key == "text":
+        if key in ("text", "image"):  # both are raw inputs: the run's data module knows what they are
             args["text"].append(value)
         elif key == "batch_size":
             if not value.isdigit() or int(value) < 1:
@@ -105,7 +112,7 @@ def predict_command(argv: list[str]) -> None:
         args = _parse(argv)
         inputs = list(args["text"]) + (_read_inputs(args["input_file"]) if args.get("input_file") else [])
         if not inputs:
-            raise ConfigError("nothing to predict", hint='pass text="..." (repeatable) or input_file=<one input per line>')
+            raise ConfigError("nothing to predict", hint='pass text="..." or image=<file> (repeatable), or input_file=<one input per line>')
         predictions = predict(args["run_dir"], inputs, args["ckpt"], args["batch_size"])
         for line in _json_lines(inputs, predictions):
             sys.stdout.write(line + "\n")

@@ -8,6 +8,8 @@
       metrics.csv             CSV logger (tensorboard/, wandb/ when selected)
       summary.json            final test metrics and where the best checkpoint is
       confusion_matrix.png    test confusion matrix with class names
+      learning_curves.png     loss and the monitored metric per epoch
+      eval/<id>_<split>/      one folder per `lightdist eval` (report.json, report.md, figures)
 """
 
 import json

@@ -105,8 +105,12 @@ class Run:
         return self.task.model
 
 
-def load_run(source: str | Path, ckpt: str = "best") -> Run:
-    """Rebuild the run that `source` (a run directory or a checkpoint inside one) belongs to, in eval mode."""
+def load_run(source: str | Path, ckpt: str = "best", cfg: Any = None) -> Run:
+    """Rebuild the run that `source` (a run directory or a checkpoint inside one) belongs to, in eval mode.
+
+    `cfg` replaces the run's saved config (e.g. the saved config with data overrides, as
+    `lightdist eval` builds it); the model it describes must be the checkpoint's.
+    """
     from hydra.utils import instantiate
 
     from lightdist import run_dir as rd
@@ -119,7 +123,7 @@ def load_run(source: str | Path, ckpt: str = "best") -> Run:
     if run is None:
         raise ConfigError(f"{source} is not inside a run directory, so its config is unknown",
                           hint="pass a run directory (holding config.yaml) or a checkpoint in its checkpoints/")
-    cfg = rd.load_config(run / rd.CONFIG_FILE)
+    cfg = rd.load_config(run / rd.CONFIG_FILE) if cfg is None else cfg
     checkpoint = load_consolidated(checkpoint_path)
     datamodule = instantiate(cfg.data)
     # Data modules with learned state (a text vocabulary) keep it in the checkpoint under their class name.

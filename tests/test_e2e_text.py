@@ -29,6 +29,13 @@ def test_one_process_on_real_bbc_news_then_predict_matches_the_test_loop(workdir
     confusion = torch.load(run_dir / "confusion_matrix.pt")
     assert int(confusion.sum()) == 150
 
+    # lightdist eval reloads the run: the same test predictions as the test after fit
+    run_cli(["eval", f"run_dir={run_dir}", "trainer.enable_progress_bar=false"], cwd=workdir)
+    (report_file,) = (run_dir / "eval").glob("*_test/report.json")
+    report = json.loads(report_file.read_text())
+    assert report["confusion_matrix"]["counts"] == confusion.tolist()
+    assert report["accuracy"] == pytest.approx(summary["test"]["test/acc"], abs=1e-5)
+
     # the checkpoint alone carries the vocabulary: predict on the raw test texts, re-read from the corpus
     from hydra.utils import instantiate
     from omegaconf import OmegaConf

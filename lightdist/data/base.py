@@ -99,3 +99,7 @@ class ClassificationDataModule(DataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader(self.test_set, training=False)
+
+    def eval_dataloader(self, split: str) -> DataLoader:
+        """Any split as evaluation data: no shuffling, no augmentation, each sample once across ranks."""
+        return self._loader(getattr(self, f"{split}_set"), training=False)

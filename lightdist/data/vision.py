@@ -186,10 +186,12 @@ class VisionDataModule(ClassificationDataModule):
         val_idx = val_idx[stratified_subset(labels[val_idx], self.subsets["val"], self.split_seed)]
         test_idx = stratified_subset(test_labels, self.subsets["test"], self.split_seed)
 
-        # Per-channel statistics of the training split itself (no hard-coded constants).
-        mean, std = channel_stats(images[train_idx])
-        self.mean = torch.from_numpy(mean).view(1, -1, 1, 1)
-        self.std = torch.from_numpy(std).view(1, -1, 1, 1).clamp_min(1e-6)
+        # Per-channel statistics of the training split itself (no hard-coded constants); a module
+        # restored from a checkpoint (evaluation, prediction) keeps the run's own statistics.
+        if self.mean is None:
+            mean, std = channel_stats(images[train_idx])
+            self.mean = torch.from_numpy(mean).view(1, -1, 1, 1)
+            self.std = torch.from_numpy(std).view(1, -1, 1, 1).clamp_min(1e-6)
 
         def tensors(x: np.ndarray, y: np.ndarray) -> TensorDataset:
             return TensorDataset(torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y))
@@ -197,6 +199,31 @@ class VisionDataModule(ClassificationDataModule):
         self.train_set = tensors(images[train_idx], labels[train_idx])
         self.val_set = tensors(images[val_idx], labels[val_idx])
         self.test_set = tensors(test_images[test_idx], test_labels[test_idx])
+
+    # -- the normalisation statistics travel with checkpoints ------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        if self.mean is None:
+            return {}
+        return {"mean": self.mean.flatten().tolist(), "std": self.std.flatten().tolist()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if not state:
+            return
+        if len(state["mean"]) != self.spec.in_channels:
+            raise DataError(f"the checkpoint's normalisation has {len(state['mean'])} channel(s), "
+                            f"{self.spec.title} has {self.spec.in_channels}", hint="use the run's own data config")
+        self.mean = torch.tensor(state["mean"], dtype=torch.float32).view(1, -1, 1, 1)
+        self.std = torch.tensor(state["std"], dtype=torch.float32).view(1, -1, 1, 1)
+
+    def encode_inputs(self, raw: list) -> tuple:
+        """Images (file paths, .npy files, arrays, tensors) -> a normalised batch `(images,)` of the training shape."""
+        from lightdist.data.images import to_chw_uint8
+
+        if self.mean is None:
+            raise DataError("this data module has no normalisation statistics",
+                            hint="restore it from a checkpoint (load_state_dict) or call setup() on the data")
+        s = self.spec
+        return (self.normalize(torch.stack([to_chw_uint8(x, s.in_channels, s.image_size) for x in raw])),)
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 NCHW -> normalised float, on whatever device the images are."""

@@ -24,8 +24,10 @@ def classification_metrics(num_classes: int, prefix: str) -> MetricCollection:
     return MetricCollection(metrics, prefix=prefix)
 
 
-def save_confusion_matrix(matrix: MulticlassConfusionMatrix, class_names: list[str] | None, path: Path):
-    """Plot the (already synced) confusion matrix with class names; returns the matplotlib figure."""
+def save_confusion_matrix(matrix: MulticlassConfusionMatrix, class_names: list[str] | None, path: Path,
+                          val=None, title: str = "Test confusion matrix (rows: true, columns: predicted)"):
+    """Plot the (already synced) confusion matrix, or the computed counts `val`, with class names;
+    returns the matplotlib figure."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -35,10 +37,10 @@ def save_confusion_matrix(matrix: MulticlassConfusionMatrix, class_names: list[s
     size = max(5.0, 0.45 * n + 2)
     fig, ax = plt.subplots(figsize=(size, size))
     labels = list(class_names) if class_names and n <= 30 else None
-    matrix.plot(ax=ax, labels=labels, add_text=n <= 20)
+    matrix.plot(val=val, ax=ax, labels=labels, add_text=n <= 20)
     if labels:
         plt.setp(ax.get_xticklabels(), rotation=45, ha="right")
-    ax.set_title("Test confusion matrix (rows: true, columns: predicted)")
+    ax.set_title(title)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
