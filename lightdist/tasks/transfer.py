@@ -65,8 +65,12 @@ def load_backbone(model: nn.Module, source: str | Path, ckpt: str = "best") -> d
         if key not in weights:
             (skipped if key.startswith(prefix) else missing).append(key)
         elif _shape(weights[key]) != _shape(value):
-            (skipped if key.startswith(prefix) else misfit).append(
-                f"{key} {list(_shape(weights[key]))} vs {list(_shape(value))}")
+            shapes = f"{key} {list(_shape(weights[key]))} vs {list(_shape(value))}"
+            if key.startswith(prefix):
+                skipped.append(key)
+                log.info("init_from: head weight %s (source vs model) replaced by a fresh one", shapes)
+            else:
+                misfit.append(shapes)
         else:
             loaded[key] = weights[key]
     unexpected = [k for k in weights if k not in target and not k.startswith(prefix)]
@@ -79,7 +83,7 @@ def load_backbone(model: nn.Module, source: str | Path, ckpt: str = "best") -> d
                               hint="pick the model (and its depth/width/channels) the source run was trained with")
     model.load_state_dict(loaded, strict=False)
     if skipped:
-        log.info("init_from %s: head replaced (kept fresh): %s", source, ", ".join(skipped))
+        log.info("init_from %s: head not loaded (freshly initialised): %s", source, ", ".join(skipped))
     log.info("init_from %s: loaded %d tensors", source, len(loaded))
     return {"loaded": list(loaded), "skipped": skipped}
 
