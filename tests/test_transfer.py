@@ -3,6 +3,7 @@ discriminative learning rates, the distillation loss, and end-to-end runs throug
 (a Fashion-MNIST source run fine-tuned on MNIST-format files, a distilled two-process run)."""
 
 import csv
+import json
 import math
 from functools import partial
 from pathlib import Path
@@ -19,7 +20,15 @@ from lightdist.models.resnet import ResNet
 from lightdist.tasks.optim import build_optimizer
 from lightdist.tasks.schedules import cosine
 from lightdist.tasks.transfer import backbone_parameters, distillation_loss, load_backbone
-from tests.conftest import QUIET, needs_fashion_mnist, read_summary, run_cli, run_dirs
+from tests.conftest import (
+    QUIET,
+    REPO,
+    cli_env,
+    needs_fashion_mnist,
+    read_summary,
+    run_cli,
+    run_dirs,
+)
 from tests.test_vision_data import write_cifar100, write_idx
 from tests.text_files import write_ag_news
 
@@ -207,13 +216,20 @@ def test_head_replaced_from_a_state_dict_file(workdir):
 @needs_fashion_mnist
 def test_distillation_over_two_gloo_processes(fashion_run, workdir):
     """Self-distillation (born-again): the student starts from the teacher's weights with its backbone
-    frozen for an epoch, then unfrozen, all under DDP; the teacher stays out of the student's checkpoint."""
+    frozen for an epoch, then unfrozen, all under DDP; ranks stay identical; the teacher stays out of
+    the student's checkpoint."""
     run_cli(["+experiment=fashion_mnist_resnet", *TINY_RESNET, "trainer=cpu_ddp", "name=student",
              "data.train_subset=256", "data.val_subset=128", "data.test_subset=128", "data.batch_size=64",
              "trainer.max_epochs=2", "trainer.log_every_n_steps=1", f"task.distill.teacher={fashion_run}",
              "task.distill.temperature=2.0", "task.distill.alpha=0.7", f"task.init_from={fashion_run}",
-             "task.freeze_backbone_epochs=1", *QUIET], cwd=workdir)
+             "task.freeze_backbone_epochs=1", "+callbacks.rank_sync._target_=tests.ddp_probe.RankSync",
+             f"+callbacks.rank_sync.path={workdir / 'sync.jsonl'}", *QUIET],
+            cwd=workdir, env=cli_env(PYTHONPATH=str(REPO)))
     (run_dir,) = run_dirs(workdir, "student")
+    # both ranks hold the same weights after the frozen epoch and after the unfrozen one (DDP wrapped
+    # again at unfreezing; without it the backbone's gradients would not be averaged)
+    sync = [json.loads(line) for line in (workdir / "sync.jsonl").read_text().splitlines()]
+    assert [(s["epoch"], s["max_difference"]) for s in sync] == [(0, 0.0), (1, 0.0)], sync
     summary = read_summary(run_dir)
     assert summary["world_size"] == 2 and summary["epochs"] == 2 and "test/acc" in summary["test"]
     with open(run_dir / "metrics.csv") as f:
