@@ -140,11 +140,43 @@ def check_config(cfg, run_dir: Path | None = None, allocation: dict | None = Non
 
     from lightdist.checkpoints import resolve_ckpt_path
     from lightdist.config.validate import check_devices, check_precision, check_targets
+    from lightdist.tasks.transfer import check_sources
 
+    missing = missing_keys(cfg)
+    if missing:
+        raise ConfigError(f"missing required value(s): {', '.join(missing)}",
+                          hint=" ".join(f"{key}=<value>" for key in missing))
     check_targets(cfg)
+    check_sources(cfg.get("task"))
     check_devices(cfg.trainer, **(allocation or {}))
     check_precision(cfg.trainer, cfg.get("strategy"))
     resolve_ckpt_path(cfg.get("ckpt_path"), run_dir or planned_run_dir(cfg))
+
+
+def missing_keys(node, path: str = "") -> list[str]:
+    """Keys left at `???` or `${lightdist.required:...}` (a value the user must give), found without
+    resolving interpolations."""
+    from omegaconf import DictConfig, ListConfig
+
+    found = []
+    if isinstance(node, DictConfig):
+        for key in node.keys():
+            child = node._get_node(key)
+            where = f"{path}.{key}" if path else str(key)
+            if child is None:
+                continue
+            if child._is_interpolation():
+                if str(child._value()).startswith("${lightdist.required:"):
+                    found.append(where)
+                continue
+            if child._is_missing():
+                found.append(where)
+            elif isinstance(child, (DictConfig, ListConfig)):
+                found += missing_keys(child, where)
+    elif isinstance(node, ListConfig):
+        for i in range(len(node)):
+            found += missing_keys(node._get_node(i), f"{path}[{i}]")
+    return found
 
 
 def planned_run_dir(cfg) -> Path:

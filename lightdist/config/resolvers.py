@@ -36,11 +36,20 @@ def run_dir(explicit: str | None, base: str) -> str:
     return os.path.abspath(explicit) if explicit else os.path.join(base, run_id())
 
 
+def required(what: str = "a value") -> str:
+    """`key: ${lightdist.required:'what it is'}`: a value the user must override. Hydra's `???` cannot say
+    this in an experiment, because merging `???` over a group's default keeps the default."""
+    from lightdist.errors import ConfigError
+
+    raise ConfigError(f"missing required value: {what}")
+
+
 def register() -> None:
     for name, fn in {
         "lightdist.run_id": run_id,
         "lightdist.run_dir": run_dir,
         "lightdist.cwd": os.getcwd,
+        "lightdist.required": required,
         "lightdist.data_root": lambda: os.environ.get("LIGHTDIST_DATA") or os.path.join(os.getcwd(), "data"),
     }.items():
         if not OmegaConf.has_resolver(name):

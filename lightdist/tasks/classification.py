@@ -5,10 +5,11 @@ else (cross-entropy with label smoothing, torchmetrics synced across ranks, conf
 matrix at the end of test, optimizer groups, schedules) lives here once.
 """
 
+import dataclasses
 import math
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 import torch
@@ -18,6 +19,14 @@ from torchmetrics.classification import MulticlassConfusionMatrix
 
 from lightdist.tasks.metrics import classification_metrics, save_confusion_matrix
 from lightdist.tasks.optim import build_optimizer
+from lightdist.tasks.transfer import (
+    BackboneFreeze,
+    Distillation,
+    backbone_parameters,
+    distillation_loss,
+    load_backbone,
+    load_teacher,
+)
 
 
 class ClassificationTask(L.LightningModule):
@@ -30,9 +39,28 @@ class ClassificationTask(L.LightningModule):
         label_smoothing: float = 0.0,
         class_names: list[str] | None = None,
         compile: bool | str = False,
+        init_from: str | None = None,
+        init_ckpt: Literal["best", "last"] = "best",
+        freeze_backbone_epochs: int = 0,
+        backbone_lr_factor: float = 1.0,
+        train_bn: bool = True,
+        distill: Distillation | None = None,
     ):
         super().__init__()
-        self.save_hyperparameters(ignore=["model", "optimizer", "scheduler"])
+        # distill is kept as a plain dict: checkpoints must load with torch.load(weights_only=True).
+        self.save_hyperparameters(ignore=["model", "optimizer", "scheduler", "distill"])
+        self.hparams["distill"] = dataclasses.asdict(distill) if distill is not None else None
+        if freeze_backbone_epochs < 0 or backbone_lr_factor < 0:
+            raise ValueError("task.freeze_backbone_epochs and task.backbone_lr_factor must be >= 0")
+        # Transfer learning (lightdist.tasks.transfer): weights of another run, loaded in setup("fit")
+        # on every rank before the strategy wraps the model; a backbone frozen for the first epochs and
+        # trained at lr * backbone_lr_factor; an optional teacher run to distil from.
+        self.init_from, self.init_ckpt = init_from, init_ckpt
+        self.freeze_backbone_epochs, self.backbone_lr_factor, self.train_bn = (
+            freeze_backbone_epochs, backbone_lr_factor, train_bn)
+        self.distill = distill if distill is not None and distill.teacher else None
+        # Kept out of the module tree: not in state_dict (checkpoints), not wrapped or synced by DDP.
+        self._teacher: nn.Module | None = None
         self.model = model
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
@@ -61,11 +89,30 @@ class ClassificationTask(L.LightningModule):
 
     # -- shared plumbing --------------------------------------------------------------------
     def setup(self, stage: str) -> None:
+        if stage == "fit":
+            self._setup_transfer()
         if self.compile and self._compiled is None:
             # compile=true: torch.compile's default backend (inductor); a string names the backend.
             backend = self.compile if isinstance(self.compile, str) else "inductor"
             # Kept out of the module tree so state_dict keys stay those of the plain model.
             object.__setattr__(self, "_compiled", torch.compile(self.model, backend=backend))
+
+    def _setup_transfer(self) -> None:
+        # A resumed run restores its own weights from its checkpoint; the source run is not read again.
+        if self.init_from and self.trainer.ckpt_path is None:
+            load_backbone(self.model, self.init_from, self.init_ckpt)
+        if self.distill is not None and self._teacher is None:
+            teacher, run = load_teacher(self.distill, self.hparams.num_classes)
+            datamodule = self.trainer.datamodule
+            self.check_teacher_data(run.datamodule, datamodule)
+            object.__setattr__(self, "_teacher", teacher)
+
+    def check_teacher_data(self, teacher_data: Any, student_data: Any) -> None:
+        """Raise when the teacher cannot read the student's batches (text: another tokenizer)."""
+
+    def configure_callbacks(self) -> list[L.Callback]:
+        fitting = self._trainer is not None and self.trainer.state.fn == "fit"
+        return [BackboneFreeze(self.freeze_backbone_epochs, self.train_bn)] if self.freeze_backbone_epochs and fitting else []
 
     def _step(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         inputs, targets = self.split_batch(batch)
@@ -95,10 +142,25 @@ class ClassificationTask(L.LightningModule):
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         logits, targets, loss = self._step(batch)
         n = len(targets)
+        if self._teacher is not None:
+            self.log("train/ce", loss, batch_size=n)
+            loss, soft = distillation_loss(logits, self._teacher_logits(batch), loss,
+                                           self.distill.temperature, self.distill.alpha)
+            self.log("train/distill_kl", soft, batch_size=n)
         accuracy = (logits.detach().argmax(dim=-1) == targets).float().mean()
         self.log("train/loss", loss, prog_bar=True, batch_size=n)
         self.log("train/acc", accuracy, on_step=True, on_epoch=False, batch_size=n)
         return loss
+
+    @torch.no_grad()
+    def _teacher_logits(self, batch: Any) -> torch.Tensor:
+        teacher = self._teacher
+        param = next(teacher.parameters(), None)
+        own = next((p for p in self.model.parameters() if p.is_floating_point()), None)
+        if param is not None and own is not None and (param.device, param.dtype) != (own.device, own.dtype):
+            teacher.to(device=own.device, dtype=own.dtype)  # follows the student (device, true-precision dtype)
+        inputs, _ = self.split_batch(batch)
+        return self.call_model(teacher, inputs)
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         logits, targets, loss = self._step(batch)
@@ -150,7 +212,10 @@ class ClassificationTask(L.LightningModule):
                 logger.log_image(key=name, images=[str(path)])
 
     def configure_optimizers(self) -> Any:
-        optimizer = build_optimizer(self.optimizer_factory, self)
+        transfer = self.backbone_lr_factor != 1.0 or self.freeze_backbone_epochs > 0
+        optimizer = build_optimizer(self.optimizer_factory, self,
+                                    scaled=backbone_parameters(self.model) if transfer else (),
+                                    lr_factor=self.backbone_lr_factor, include_frozen=self.freeze_backbone_epochs > 0)
         if self.scheduler_factory is None:
             return optimizer
         total = int(self.trainer.estimated_stepping_batches)  # also sets num_training_batches (per rank)

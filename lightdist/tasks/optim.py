@@ -1,36 +1,61 @@
 """Optimizer parameter groups shared by every task."""
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from functools import partial
 
 import torch
 from torch import nn
 
+from lightdist.errors import ConfigError
+
 _NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm, nn.RMSNorm)
 
 
-def param_groups(module: nn.Module, weight_decay: float) -> list[dict]:
+def param_groups(module: nn.Module, weight_decay: float, scaled: Collection[nn.Parameter] = (),
+                 lr: float | None = None, lr_factor: float = 1.0, include_frozen: bool = False) -> list[dict]:
     """Weight decay for weights of linear, convolution, embedding and recurrent layers only.
 
     Biases and normalisation scales/shifts are left undecayed: decaying them only shrinks
     what the normalisation layers learn. Decided by layer type and parameter name, not by
     shape: sharded strategies (FSDP) hand the optimizer flattened 1-D views of every weight.
+
+    Discriminative learning rates: the parameters in `scaled` (a fine-tuned backbone) get
+    their own groups at `lr * lr_factor`; every other group runs at the optimizer's lr.
+    `include_frozen` keeps parameters that do not require gradients yet (a backbone frozen
+    for the first epochs): the optimizer skips them while they get no gradient, and the
+    schedule covers their group from the first step, so unfreezing adds no group.
     """
-    decay, no_decay, seen = [], [], set()
+    scaled_ids = {id(p) for p in scaled}
+    buckets: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+    seen: set[int] = set()
     for sub in module.modules():
         for name, p in sub.named_parameters(recurse=False):
-            if not p.requires_grad or id(p) in seen:
+            if (not p.requires_grad and not include_frozen) or id(p) in seen:
                 continue
             seen.add(id(p))
             exempt = isinstance(sub, _NORMS) or name == "bias" or name.startswith("bias_")
-            (no_decay if exempt else decay).append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay}]
-    if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0})
+            buckets.setdefault((id(p) in scaled_ids and lr_factor != 1.0, exempt), []).append(p)
+    groups = [{"params": buckets.get((False, False), []), "weight_decay": weight_decay}]
+    if buckets.get((False, True)):
+        groups.append({"params": buckets[(False, True)], "weight_decay": 0.0})
+    for exempt in (False, True):
+        if buckets.get((True, exempt)):
+            groups.append({"params": buckets[(True, exempt)], "weight_decay": 0.0 if exempt else weight_decay,
+                           "lr": lr * lr_factor})
     return groups
 
 
-def build_optimizer(factory: Callable[..., torch.optim.Optimizer], module: nn.Module) -> torch.optim.Optimizer:
-    """`factory` is a partial from config (e.g. torch.optim.SGD with lr, momentum, weight_decay)."""
-    weight_decay = factory.keywords.get("weight_decay", 0.0) if isinstance(factory, partial) else 0.0
-    return factory(param_groups(module, weight_decay))
+def build_optimizer(factory: Callable[..., torch.optim.Optimizer], module: nn.Module,
+                    scaled: Collection[nn.Parameter] = (), lr_factor: float = 1.0,
+                    include_frozen: bool = False) -> torch.optim.Optimizer:
+    """`factory` is a partial from config (e.g. torch.optim.SGD with lr, momentum, weight_decay).
+
+    `scaled` parameters (a backbone) learn at lr * `lr_factor` (see param_groups).
+    """
+    keywords = factory.keywords if isinstance(factory, partial) else {}
+    weight_decay = keywords.get("weight_decay", 0.0)
+    lr = keywords.get("lr")
+    if scaled and lr_factor != 1.0 and lr is None:
+        raise ConfigError("a backbone learning-rate factor needs the optimizer's lr in its config",
+                          hint="set optimizer.lr")
+    return factory(param_groups(module, weight_decay, scaled, lr, lr_factor, include_frozen))
