@@ -15,6 +15,7 @@ from torch import nn
 
 from lightdist.cli import preflight
 from lightdist.config import resolvers
+from lightdist.data.idx import write_idx
 from lightdist.errors import CheckpointError, ConfigError, LightdistError
 from lightdist.models.resnet import ResNet
 from lightdist.tasks.optim import build_optimizer
@@ -29,7 +30,7 @@ from tests.conftest import (
     run_cli,
     run_dirs,
 )
-from tests.test_vision_data import write_cifar100, write_idx
+from tests.test_vision_data import write_cifar100
 from tests.text_files import write_ag_news
 
 TINY_RESNET = ["model.width_multiplier=0.5"]

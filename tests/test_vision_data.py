@@ -2,13 +2,13 @@
 
 import gzip
 import pickle
-import struct
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from lightdist.data.idx import write_idx
 from lightdist.data.vision import VisionDataModule, channel_stats
 from lightdist.errors import DataError
 from tests.conftest import SHARED_DATA, needs_fashion_mnist
@@ -43,12 +43,6 @@ def write_cifar100(root: Path, n_train: int = 300, n_test: int = 100, seed: int 
         pickle.dump({b"fine_label_names": [f"class{i}".encode() for i in range(100)],
                      b"coarse_label_names": [f"super{i}".encode() for i in range(20)]}, f)
     return folder
-
-
-def write_idx(path: Path, array: np.ndarray) -> None:
-    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
-    with gzip.open(path, "wb") as f:
-        f.write(header + array.astype(np.uint8).tobytes())
 
 
 def test_cifar10_canonical_layout(tmp_path):

@@ -11,6 +11,13 @@ from lightdist.errors import DataError
 _IDX_DTYPES = {0x08: np.uint8}
 
 
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """Write uint8 data as a gzipped IDX file (how own data, or a subset, becomes an MNIST-format folder)."""
+    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + np.ascontiguousarray(array, dtype=np.uint8).tobytes())
+
+
 def read_idx(path: Path) -> np.ndarray:
     """Read an IDX file (gzipped or not): a magic number, one big-endian uint32 per dimension, data."""
     opener = gzip.open if path.suffix == ".gz" else open
