@@ -3,6 +3,7 @@
     lightdist +experiment=fashion_mnist_cnn trainer=cpu_ddp      # train (the default command)
     lightdist preflight +experiment=cifar_resnet trainer=gpu     # compose and check, run nothing
     lightdist predict run_dir=outputs/<name>/<run> text="..."    # labels and probabilities (JSON lines)
+    lightdist optimize run_dir=outputs/<name>/<run>              # prune, int8-quantize, export; measured
 
 Training is a Hydra app; before Hydra creates any directory the config is composed and
 checked once (preflight), so a typo ends in one line naming the fix and leaves nothing
@@ -388,12 +389,19 @@ def predict_command(argv: list[str]) -> None:
     run(argv)
 
 
+def optimize_command(argv: list[str]) -> None:
+    from lightdist.optimize.command import optimize_command as run
+
+    run(argv)
+
+
 COMMANDS: dict[str, Callable[[list[str]], None]] = {
     "train": train_command,
     "preflight": preflight_command,
     "convert": convert_command,
     "sweep": sweep_command,
     "predict": predict_command,
+    "optimize": optimize_command,
 }
 
 
