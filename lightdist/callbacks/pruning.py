@@ -13,7 +13,9 @@ additions, written here because Lightning has neither:
 
 from dataclasses import dataclass
 
+import torch
 from lightning.pytorch.callbacks import ModelPruning
+from torch import nn
 
 
 @dataclass
@@ -51,9 +53,28 @@ class SparsitySchedule:
 
 
 class WeightPruning(ModelPruning):
-    """ModelPruning restricted to weight matrices and kernels (see lightdist.optimize.prune.prunable_weights)."""
+    """ModelPruning restricted to weight matrices and kernels (see lightdist.optimize.prune.prunable_weights),
+    and working on channels_last weights."""
 
     def filter_parameters_to_prune(self, parameters_to_prune=()):
         from lightdist.optimize.prune import is_prunable
 
         return [(module, name) for module, name in parameters_to_prune if is_prunable(module, name)]
+
+    def apply_pruning(self, amount) -> None:
+        # torch's global_unstructured flattens every weight with .view(-1), which channels_last kernels
+        # (task.channels_last) refuse: the weights are made contiguous for the pruning step only.
+        restore = []
+        for module, name in self._parameters_to_prune:
+            for attr in (name, f"{name}_orig", f"{name}_mask"):
+                tensor = getattr(module, attr, None)
+                if not isinstance(tensor, torch.Tensor) or tensor.is_contiguous():
+                    continue
+                if isinstance(tensor, nn.Parameter) or attr in module._buffers:
+                    restore.append(tensor)
+                    tensor.data = tensor.data.contiguous()
+                else:  # the masked weight of an earlier pruning step, recomputed at every forward
+                    setattr(module, attr, tensor.contiguous())
+        super().apply_pruning(amount)
+        for tensor in restore:
+            tensor.data = tensor.data.contiguous(memory_format=torch.channels_last)

@@ -166,6 +166,8 @@ def optimize(cfg) -> tuple[Path, dict[str, Any]]:
         raise ConfigError(f"{run.run_dir} is a {type(run.task).__name__} run; optimize measures classifiers "
                           "(image and text runs) by their test accuracy",
                           hint="pass run_dir=<an image or text classification run>")
+    if "quantize" in cfg.steps:  # a method that cannot work on this model fails before anything is measured
+        quantize.resolve_method(run.model, options["quantize"].method)
     folder = new_output_dir(run.run_dir, cfg.output_dir)
     try:
         return folder, _optimize(cfg, run, options, folder)

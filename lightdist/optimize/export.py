@@ -88,7 +88,9 @@ def export_program(model: nn.Module, args: tuple, folder: Path) -> Exported:
     args = example(args)
     model = model.eval()
     try:
-        program = torch.export.export(model, args, dynamic_shapes=batch_dynamic_shapes(args))
+        with warnings.catch_warnings():  # a model torch.export cannot capture warns on its way to the error
+            warnings.simplefilter("ignore")
+            program = torch.export.export(model, args, dynamic_shapes=batch_dynamic_shapes(args))
         path = folder / FILES["torch_export"]
         torch.export.save(program, str(path))
         return Exported(path, "torch.export")

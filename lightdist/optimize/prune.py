@@ -8,7 +8,7 @@ runtime or a later channel-removal pass can exploit.
 """
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import torch
 from torch import nn
@@ -32,6 +32,8 @@ class PruneOptions:
     norm: int = 1
 
     def __post_init__(self):
+        if self.method not in get_args(Method):
+            raise ConfigError(f"prune.method={self.method}: choose from {', '.join(get_args(Method))}")
         if not 0.0 < self.amount < 1.0:
             raise ConfigError(f"prune.amount={self.amount} must be a fraction between 0 and 1")
 

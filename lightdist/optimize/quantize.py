@@ -21,7 +21,7 @@ import warnings
 from collections.abc import Iterable
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 from torch import nn
@@ -41,6 +41,8 @@ class QuantizeOptions:
     calibration_batches: int = 32
 
     def __post_init__(self):
+        if self.method not in get_args(Method):
+            raise ConfigError(f"quantize.method={self.method}: choose from {', '.join(get_args(Method))}")
         if self.calibration_batches < 1:
             raise ConfigError(f"quantize.calibration_batches={self.calibration_batches} must be at least 1")
 

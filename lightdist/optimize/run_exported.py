@@ -29,9 +29,11 @@ def load_images(path: Path, spec: dict) -> torch.Tensor:
         from lightdist.data.idx import read_idx
 
         images = read_idx(path)
-    shape = spec["inputs"][0]["shape"][1:]
-    if images.ndim == len(shape) - 1:  # grey images without a channel axis
+    shape = spec["inputs"][0]["shape"]  # N x C x H x W
+    if images.ndim == len(shape) - 1:  # grey images without a channel axis: N x H x W
         images = images[:, None]
+    if images.ndim != len(shape) or list(images.shape[1:]) != shape[1:]:
+        raise SystemExit(f"{path}: images of shape {list(images.shape)}; the model takes N x {' x '.join(map(str, shape[1:]))}")
     x = torch.from_numpy(np.ascontiguousarray(images)).float().div_(255.0)
     norm = spec.get("normalize")
     if norm:
