@@ -239,6 +239,14 @@ def test_dynamic_int8_lstm_agrees_with_float_and_exports_match(bbc_run):
     assert proc.returncode == 0, proc.stderr
     samples = np.load(folder / "samples.npz")
     assert len(proc.stdout.splitlines()) == len(samples["logits"])
+    encoded = folder.parent / "encoded.npz"  # token ids and lengths, as an application would encode them
+    np.savez(encoded, input0=samples["input0"][:3], input1=samples["input1"][:3])
+    proc = subprocess.run([sys.executable, "-m", "lightdist.optimize.run_exported", str(folder / "model.torchscript.pt"),
+                           "--inputs", str(encoded)], capture_output=True, text=True, env=cli_env(), timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    expected = samples["logits"][:3].argmax(1)
+    labels = json.loads((folder / "model.json").read_text())["class_names"]
+    assert [json.loads(line)["label"] for line in proc.stdout.splitlines()] == [labels[i] for i in expected]
 
 
 @needs_bbc

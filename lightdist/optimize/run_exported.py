@@ -3,11 +3,13 @@
     python -m lightdist.optimize.run_exported <dir>/model.onnx                 # the saved samples, checked
     python -m lightdist.optimize.run_exported <dir>/model.pt2 --images x.npy   # uint8 images: N x H x W or N x C x H x W
     python -m lightdist.optimize.run_exported <dir>/model.onnx --images t10k-images-idx3-ubyte.gz
+    python -m lightdist.optimize.run_exported <dir>/model.onnx --inputs x.npz   # pre-encoded (text: input0, input1)
 
 Needs only the export folder: model.json says the input layout, the normalisation and the
 class names. Prints one JSON line per input (label and probability); with no --images, runs
 the saved sample inputs and exits 1 if the logits differ from the PyTorch model's by more
-than --atol.
+than --atol. Text models take pre-encoded inputs (token ids and lengths, named as in
+model.json and samples.npz); `lightdist predict` encodes raw text with the run's tokenizer.
 """
 
 import argparse
@@ -45,7 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lightdist.optimize.run_exported", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", type=Path, help="model.onnx or model.pt2 written by `lightdist optimize`")
-    parser.add_argument("--images", type=Path, help="uint8 images (.npy, or an IDX file as MNIST ships them)")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--images", type=Path, help="uint8 images (.npy, or an IDX file as MNIST ships them)")
+    source.add_argument("--inputs", type=Path, help=".npz of model-ready arrays named as model.json's inputs")
     parser.add_argument("--limit", type=int, default=None, help="at most this many inputs")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--atol", type=float, default=1e-4, help="tolerance of the sample check")
@@ -53,12 +57,15 @@ def main(argv: list[str] | None = None) -> int:
     spec = json.loads((args.model.parent / SIDECAR).read_text())
     model = load_exported(args.model, args.threads)
     classes = spec["class_names"]
-    if args.images is None:
-        samples = np.load(args.model.parent / SAMPLES)
-        inputs = tuple(torch.from_numpy(samples[i["name"]]) for i in spec["inputs"])
-        expected = torch.from_numpy(samples["logits"])
-    else:
+    if args.images is not None:
         inputs, expected = (load_images(args.images, spec),), None
+    else:
+        arrays = np.load(args.inputs or args.model.parent / SAMPLES)
+        missing = [i["name"] for i in spec["inputs"] if i["name"] not in arrays]
+        if missing:
+            raise SystemExit(f"{args.inputs}: no array named {', '.join(missing)} (model.json lists the inputs)")
+        inputs = tuple(torch.from_numpy(arrays[i["name"]]) for i in spec["inputs"])
+        expected = torch.from_numpy(arrays["logits"]) if args.inputs is None else None
     if args.limit:
         inputs = tuple(a[: args.limit] for a in inputs)
     with torch.inference_mode():
