@@ -4,6 +4,7 @@
     lightdist preflight +experiment=cifar_resnet trainer=gpu     # compose and check, run nothing
     lightdist predict run_dir=outputs/<name>/<run> text="..."    # labels and probabilities (JSON lines)
     lightdist eval run_dir=outputs/<name>/<run> split=test       # report: metrics, ROC, calibration
+    lightdist optimize run_dir=outputs/<name>/<run>              # prune, int8-quantize, export; measured
 
 Training is a Hydra app; before Hydra creates any directory the config is composed and
 checked once (preflight), so a typo ends in one line naming the fix and leaves nothing
@@ -476,6 +477,12 @@ def eval_command(argv: list[str]) -> None:
     run(argv)
 
 
+def optimize_command(argv: list[str]) -> None:
+    from lightdist.optimize.command import optimize_command as run
+
+    run(argv)
+
+
 COMMANDS: dict[str, Callable[[list[str]], None]] = {
     "train": train_command,
     "preflight": preflight_command,
@@ -483,6 +490,7 @@ COMMANDS: dict[str, Callable[[list[str]], None]] = {
     "sweep": sweep_command,
     "predict": predict_command,
     "eval": eval_command,
+    "optimize": optimize_command,
 }
 
 
