@@ -150,14 +150,30 @@ def prepare(argv: list[str]) -> DictConfig:
 
 
 def new_folder(run_dir: Path, split: str) -> Path:
-    """A folder no earlier evaluation used (the run id: the SLURM job, or the start time and a random suffix)."""
-    from lightdist.config.resolvers import run_id
-    from lightdist.distributed.ranks import is_rank_zero
+    """A folder no earlier evaluation used, named by the run id (the SLURM job, or the start time
+    and a random suffix). Ranks started by srun/torchrun compute the same name (the srun step
+    tells evaluations of one job apart) and write nothing; a single process takes the next free
+    name when a job evaluates more than once."""
+    import os
 
-    folder = run_dir / EVAL_DIR / f"{run_id()}_{split}"
-    if is_rank_zero():  # ranks started by srun/torchrun compute the same name and write nothing
-        folder.mkdir(parents=True, exist_ok=False)
-    return folder
+    from lightdist.config.resolvers import run_id
+    from lightdist.distributed.ranks import is_rank_zero, launched_externally
+
+    base = run_dir / EVAL_DIR / f"{run_id()}_{split}"
+    if launched_externally():
+        step = os.environ.get("SLURM_STEP_ID")
+        folder = base.with_name(f"{base.name}_step{step}") if step else base
+        if is_rank_zero():
+            folder.mkdir(parents=True, exist_ok=False)
+        return folder
+    folder, n = base, 1
+    while True:
+        try:
+            folder.mkdir(parents=True, exist_ok=False)
+            return folder
+        except FileExistsError:
+            n += 1
+            folder = base.with_name(f"{base.name}-{n}")
 
 
 def evaluate(job: DictConfig) -> dict[str, Any] | None:
