@@ -21,6 +21,7 @@ from lightdist.config import config_dir, resolvers
 from lightdist.distributed.launch import announce_job_config, child_job_config, isolated_job
 from lightdist.distributed.ranks import is_rank_zero
 from lightdist.errors import ConfigError, LightdistError
+from lightdist.sweeps import FOLD_KEY
 
 # Hydra flags followed by a value (the rest are switches or `key=value` overrides).
 _VALUE_FLAGS = {"-c", "--cfg", "-p", "--package", "-cp", "--config-path", "-cn", "--config-name",
@@ -121,6 +122,23 @@ def compose(overrides: list[str], config_name: str = "config"):
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
         return hydra_compose(config_name=config_name, overrides=overrides)
+
+
+def compose_checked(overrides: list[str], config_name: str = "config"):
+    """compose(), with Hydra's composition errors (an unknown group option, a bad override) as one ConfigError."""
+    from hydra.errors import ConfigCompositionException, MissingConfigException
+
+    try:
+        return compose(overrides, config_name)
+    except MissingConfigException as exc:
+        raise ConfigError(_explain_missing_config(exc)) from exc
+    except ConfigCompositionException as exc:
+        cause = exc.__cause__
+        if isinstance(cause, MissingConfigException):
+            raise ConfigError(_explain_missing_config(cause)) from exc
+        detail = str(cause).splitlines()[0] if cause is not None else ""
+        head = str(exc).splitlines()[0]
+        raise ConfigError(f"{head} {detail}".strip()) from exc
 
 
 def _explain_missing_config(exc) -> str:
@@ -230,27 +248,15 @@ def check_data(cfg) -> None:
 
 def preflight(overrides: list[str], config_name: str = "config", with_data: bool = True,
               allocation: dict | None = None):
-    from hydra.errors import ConfigCompositionException, MissingConfigException
-
     point = _first_point(overrides)
-    try:
-        cfg = compose(point, config_name)
-    except MissingConfigException as exc:
-        raise ConfigError(_explain_missing_config(exc)) from exc
-    except ConfigCompositionException as exc:
-        cause = exc.__cause__
-        if isinstance(cause, MissingConfigException):
-            raise ConfigError(_explain_missing_config(cause)) from exc
-        detail = str(cause).splitlines()[0] if cause is not None else ""
-        head = str(exc).splitlines()[0]
-        raise ConfigError(f"{head} {detail}".strip()) from exc
+    cfg = compose_checked(point, config_name)
     base = compose([], config_name)
     unknown = sorted(set(cfg.keys()) - set(base.keys()))
     if unknown:
         raise ConfigError(f"unknown top-level key(s): {', '.join(unknown)}",
                           hint=f"top-level keys: {', '.join(sorted(base.keys()))}")
     # data.kfold.k alone becomes one job per fold: check the first of them.
-    checked = compose([*point, "data.kfold.fold=0"], config_name) if _unswept_folds(cfg, point) else cfg
+    checked = compose([*point, f"{FOLD_KEY}=0"], config_name) if _unswept_folds(cfg, point) else cfg
     check_config(checked, allocation=allocation)
     check_wiring(checked)
     if with_data:
@@ -333,7 +339,7 @@ def train_command(argv: list[str]) -> None:
     cfg = guarded(preflight, overrides, config_name) if checked else None
     folds = _unswept_folds(cfg, overrides)
     if folds:  # data.kfold.k alone: every fold is one job of a multirun
-        overrides.append(f"data.kfold.fold={','.join(map(str, range(folds)))}")
+        overrides.append(f"{FOLD_KEY}={','.join(map(str, range(folds)))}")
         if "-m" not in flags and "--multirun" not in flags:
             flags.append("--multirun")
     if not is_rank_zero():
@@ -346,7 +352,7 @@ def train_command(argv: list[str]) -> None:
 
 def _unswept_folds(cfg, overrides: list[str]) -> int:
     """k when k-fold is on and no fold is chosen (nor swept), else 0."""
-    if any(o.lstrip("+~").startswith("data.kfold.fold=") for o in overrides):
+    if any(o.lstrip("+~").startswith(f"{FOLD_KEY}=") for o in overrides):
         return 0
     if cfg is None:
         return 0

@@ -8,14 +8,12 @@ import math
 from functools import partial
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from lightdist.cli import preflight
 from lightdist.config import resolvers
-from lightdist.data.idx import write_idx
 from lightdist.errors import CheckpointError, ConfigError, LightdistError
 from lightdist.models.resnet import ResNet
 from lightdist.tasks.optim import build_optimizer
@@ -30,7 +28,7 @@ from tests.conftest import (
     run_cli,
     run_dirs,
 )
-from tests.test_vision_data import write_cifar100
+from tests.test_vision_data import write_cifar100, write_mnist
 from tests.text_files import write_ag_news
 
 TINY_RESNET = ["model.width_multiplier=0.5"]
@@ -153,17 +151,6 @@ def fashion_run(tmp_path_factory) -> Path:
              "data.test_subset=128", "data.batch_size=64", "trainer.max_epochs=1", *QUIET], cwd=workdir)
     (run_dir,) = run_dirs(workdir, "fashion_mnist_resnet")
     return run_dir
-
-
-def write_mnist(root: Path, n_train: int = 300, n_test: int = 100, seed: int = 0) -> Path:
-    """The canonical MNIST IDX gz files (random pixels) under root/mnist/."""
-    rng = np.random.default_rng(seed)
-    folder = root / "mnist"
-    folder.mkdir(parents=True)
-    for split, n in (("train", n_train), ("t10k", n_test)):
-        write_idx(folder / f"{split}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28)))
-        write_idx(folder / f"{split}-labels-idx1-ubyte.gz", np.arange(n) % 10)
-    return folder
 
 
 @needs_fashion_mnist

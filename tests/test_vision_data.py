@@ -31,6 +31,17 @@ def write_cifar10(root: Path, per_batch: int = 20, seed: int = 0) -> Path:
     return folder
 
 
+def write_mnist(root: Path, n_train: int = 300, n_test: int = 100, seed: int = 0) -> Path:
+    """The canonical MNIST IDX gz files (random pixels) under root/mnist/."""
+    rng = np.random.default_rng(seed)
+    folder = root / "mnist"
+    folder.mkdir(parents=True)
+    for split, n in (("train", n_train), ("t10k", n_test)):
+        write_idx(folder / f"{split}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28)))
+        write_idx(folder / f"{split}-labels-idx1-ubyte.gz", np.arange(n) % 10)
+    return folder
+
+
 def write_cifar100(root: Path, n_train: int = 300, n_test: int = 100, seed: int = 0) -> Path:
     rng = np.random.default_rng(seed)
     folder = root / "cifar-100-python"
@@ -87,12 +98,7 @@ def test_corrupt_cifar_batch(tmp_path):
 
 
 def test_idx_reader_and_truncation(tmp_path):
-    folder = tmp_path / "mnist"
-    folder.mkdir()
-    rng = np.random.default_rng(0)
-    for prefix, n in (("train", 200), ("t10k", 50)):
-        write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28)))
-        write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", np.arange(n) % 10)
+    folder = write_mnist(tmp_path, n_train=200, n_test=50)
     dm = VisionDataModule("mnist", root=str(tmp_path), val_size=20, download=False)
     dm.setup("fit")
     assert len(dm.train_set) == 180 and dm.train_set[0][0].shape == (1, 28, 28)

@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from omegaconf import DictConfig, OmegaConf
 
+from lightdist.cli import compose_checked
 from lightdist.errors import ConfigError
 
 EVAL_DIR = "eval"
@@ -32,23 +33,6 @@ class EvalOptions:
     split: Literal["test", "val", "train"] = "test"
     calibration_bins: int = 15
     roc_thresholds: int | None = None
-
-
-def _compose(overrides: list[str], config_name: str) -> DictConfig:
-    from hydra.errors import ConfigCompositionException, MissingConfigException
-
-    from lightdist.cli import _explain_missing_config, compose
-
-    try:
-        return compose(overrides, config_name)
-    except MissingConfigException as exc:
-        raise ConfigError(_explain_missing_config(exc)) from exc
-    except ConfigCompositionException as exc:
-        cause = exc.__cause__
-        if isinstance(cause, MissingConfigException):
-            raise ConfigError(_explain_missing_config(cause)) from exc
-        detail = str(cause).splitlines()[0] if cause is not None else ""
-        raise ConfigError(f"{str(exc).splitlines()[0]} {detail}".strip()) from exc
 
 
 def _head(override: str) -> str:
@@ -91,7 +75,7 @@ def apply_overrides(cfg: DictConfig, overrides: list[str]) -> DictConfig:
         if o.is_sweep_override() or o.is_delete():
             raise ConfigError(f"eval takes one value per key, not '{o.input_line}'")
         if key in GROUPS:
-            composed = _compose([f"{key}={o.value()}"], "config")
+            composed = compose_checked([f"{key}={o.value()}"], "config")
             cfg[key] = OmegaConf.create(OmegaConf.to_container(composed[key], resolve=True))
         else:
             OmegaConf.update(cfg, key, o.value(), merge=False, force_add=True)
@@ -124,7 +108,7 @@ def prepare(argv: list[str]) -> DictConfig:
     from lightdist.runs import find_checkpoint, is_run_dir
 
     mine, run_overrides = split_overrides(argv)
-    options = _compose(mine, "eval")
+    options = compose_checked(mine, "eval")
     if OmegaConf.is_missing(options, "run_dir"):
         raise ConfigError("eval needs run_dir=<a run directory>")
     check_targets(options)

@@ -28,10 +28,10 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
 from lightdist.errors import ConfigError
+from lightdist.sweeps import FOLD_KEY
 
 log = logging.getLogger(__name__)
 
-FOLD_KEY = "data.kfold.fold"
 SAMPLERS = ("tpe", "random", "grid")
 PRUNERS = ("none", "median", "hyperband")
 LAUNCH_TAG = "lightdist_launch"

@@ -42,7 +42,6 @@ def load_trial(storage: str, study: str, trial_id: int) -> Any:
     """
     import optuna
 
-    storage_obj = open_storage(storage)
-    spec = optuna.load_study(study_name=study, storage=storage_obj).user_attrs.get(PRUNER_ATTR)
-    loaded = optuna.load_study(study_name=study, storage=storage_obj, pruner=make_pruner(spec))
+    loaded = optuna.load_study(study_name=study, storage=open_storage(storage))
+    loaded.pruner = make_pruner(loaded.user_attrs.get(PRUNER_ATTR))
     return optuna.trial.Trial(loaded, trial_id)

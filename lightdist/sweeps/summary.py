@@ -18,9 +18,10 @@ import yaml
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from lightdist.sweeps import FOLD_KEY
+
 log = logging.getLogger(__name__)
 
-FOLD_KEY = "data.kfold.fold"
 TABLE = "sweep_summary"
 CV_TABLE = "cv_summary"
 # Overrides the sweeper adds for its own bookkeeping: not hyperparameters.

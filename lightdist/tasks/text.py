@@ -4,36 +4,15 @@ Loss, metrics synced across ranks, the confusion matrix with label names, optimi
 and schedules all come from ClassificationTask; only the model call differs.
 """
 
-from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import nn
 
 from lightdist.tasks.classification import ClassificationTask
-from lightdist.tasks.transfer import Distillation
 
 
 class TextClassificationTask(ClassificationTask):
-    def __init__(
-        self,
-        model: nn.Module,
-        num_classes: int,
-        optimizer: Callable[..., torch.optim.Optimizer],
-        scheduler: Callable[..., dict] | None = None,
-        label_smoothing: float = 0.0,
-        class_names: list[str] | None = None,
-        compile: bool | str = False,
-        init_from: str | None = None,
-        init_ckpt: Literal["best", "last"] = "best",
-        freeze_backbone_epochs: int = 0,
-        backbone_lr_factor: float = 1.0,
-        train_bn: bool = True,
-        distill: Distillation | None = None,
-    ):
-        super().__init__(model, num_classes, optimizer, scheduler, label_smoothing, class_names, compile,
-                         init_from, init_ckpt, freeze_backbone_epochs, backbone_lr_factor, train_bn, distill)
-
     def call_model(self, model: nn.Module, inputs: Any) -> torch.Tensor:
         tokens, lengths = inputs
         return model(tokens, lengths)
