@@ -204,3 +204,21 @@ def test_optuna_trial_is_scored_by_the_mean_over_folds(workdir):
     results = yaml.safe_load((folder / "optuna_results.yaml").read_text())
     assert results["trials"]["complete"] == 1
     assert results["best_value"] == pytest.approx(np.mean(folds))
+
+
+def test_bad_sweeper_options_and_folders_are_clear_errors(tmp_path):
+    from lightdist.cli import summarize_runs
+    from lightdist.sweeps.optuna_search import OptunaSearch
+
+    for options, message in (({"direction": "up"}, "maximize or minimize"), ({"sampler": "cmaes"}, "tpe, random, grid"),
+                             ({"pruner": "asha"}, "none, median, hyperband"), ({"n_trials": 0}, "at least 1")):
+        with pytest.raises(ConfigError, match=message):
+            OptunaSearch(**options)
+    assert OptunaSearch(direction="min").direction == "minimize"
+    dims, _ = search_space.parse(["optimizer.lr=interval(0.1,1)"])
+    with pytest.raises(ConfigError, match="cannot enumerate optimizer.lr"):
+        OptunaSearch(sampler="grid")._sampler(dims)
+    with pytest.raises(ConfigError, match="is not a directory"):
+        summarize_runs(str(tmp_path / "missing"), [])
+    with pytest.raises(ConfigError, match="no run directories"):
+        summarize_runs(str(tmp_path), [])
