@@ -5,9 +5,18 @@ per-rank shards (FSDP sharded state dicts: torch.distributed.checkpoint files; D
 ZeRO: a `checkpoint/` folder and a `latest` tag). `consolidate` turns any of them into one
 Lightning-format file with the full model weights, loadable on one device for evaluation,
 prediction or fine-tuning.
+
+Checkpoints are data, never code: every file is unpickled with `weights_only=True` (tensors,
+plain values and the few classes in SAFE_GLOBALS), and `verify` refuses, before Lightning,
+DeepSpeed or torch.distributed.checkpoint unpickle anything (they use plain pickle for parts of
+sharded checkpoints), a checkpoint that needs more.
 """
 
+import importlib
+import io
 import os
+import pickle
+import re
 import tempfile
 import zipfile
 from pathlib import Path
@@ -19,6 +28,149 @@ from lightdist.errors import CheckpointError
 
 CHECKPOINT_DIR = "checkpoints"
 Kind = Literal["file", "fsdp", "deepspeed"]
+
+# Beyond torch's weights-only defaults (tensors, dtypes, containers, plain values): what the
+# checkpoints of this project's runs hold, found by loading real ones with weights_only=True.
+# Lightning files (single device, DDP, FSDP's meta.pt) need nothing more; DeepSpeed's optimizer
+# shards keep its loss scaler (the dynamic one under fp16) and the ZeRO stage; ZeRO-1/2 shards also
+# keep each parameter's fragment address (a dataclass of two ints: start, numel).
+SAFE_GLOBALS: dict[Kind, tuple[str, ...]] = {
+    "file": (),
+    "fsdp": (),
+    "deepspeed": ("deepspeed.runtime.fp16.loss_scaler.LossScaler",
+                  "deepspeed.runtime.fp16.loss_scaler.DynamicLossScaler",
+                  "deepspeed.runtime.zero.config.ZeroStageEnum",
+                  "deepspeed.utils.tensor_fragment.fragment_address"),
+}
+# torch.distributed.checkpoint's `.metadata` is a plain pickle of these (read with a restricted unpickler).
+_DCP_METADATA_GLOBALS = {
+    "torch.distributed.checkpoint.metadata": {"Metadata", "MetadataIndex", "StorageMeta", "TensorProperties",
+                                              "TensorStorageMetadata", "BytesStorageMetadata",
+                                              "ChunkStorageMetadata", "_MEM_FORMAT_ENCODING"},
+    "torch.distributed.checkpoint.filesystem": {"_StorageInfo"},
+    "torch.serialization": {"_get_layout"},
+    "torch": {"Size"},
+    **{module: {"PosixPath", "WindowsPath", "PurePosixPath", "PureWindowsPath"}
+       for module in ("pathlib", "pathlib._local")},  # Python 3.13 moved the classes
+}
+
+
+class UnsafeCheckpoint(CheckpointError):
+    """A checkpoint whose unpickling needs a global outside the allow-list (it could run code)."""
+
+    def __init__(self, file: Path | str, what: str, hint: str | None = None):
+        super().__init__(f"{file} needs unpickling of {what} which is not allowed",
+                         hint=hint or "checkpoints must hold tensors and plain values only, since unpickling "
+                                      "anything else can run code; from a copy you trust, re-save the weights "
+                                      "with torch.save(model.state_dict(), path)")
+
+
+def _safe_globals(kind: Kind) -> list[Any]:
+    objects = []
+    for name in SAFE_GLOBALS[kind]:
+        module, _, attr = name.rpartition(".")
+        try:
+            objects.append(getattr(importlib.import_module(module), attr))
+        except ModuleNotFoundError:  # DeepSpeed not installed: its classes stay refused
+            pass
+    return objects
+
+
+def refused_global(exc: pickle.UnpicklingError) -> str:
+    """The global (or the reason) a weights-only load refused, from torch's message."""
+    text = str(exc)
+    found = re.search(r"GLOBAL (\S+)", text)
+    if found:
+        return found.group(1)
+    reason = re.search(r"WeightsUnpickler error: ([^\n]+)", text)
+    return f"an object the weights-only unpickler refuses ({(reason.group(1) if reason else text).strip()[:200]})"
+
+
+def load_file(file: Path | str | io.BytesIO, kind: Kind = "file", label: Path | str | None = None,
+              mmap: bool = False) -> Any:
+    """torch.load(weights_only=True) with the allow-list of `kind`; a file that needs more is an UnsafeCheckpoint."""
+    label = label or file
+    try:
+        with torch.serialization.safe_globals(_safe_globals(kind)):
+            return torch.load(file, map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as exc:
+        raise UnsafeCheckpoint(label, refused_global(exc)) from None
+
+
+class _Refused(Exception):
+    pass
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        dtype = module == "torch" and isinstance(getattr(torch, name, None), torch.dtype)
+        if not dtype and name not in _DCP_METADATA_GLOBALS.get(module, ()):
+            raise _Refused(f"{module}.{name}")
+        return super().find_class(module, name)
+
+
+def _read_dcp_metadata(path: Path) -> Any:
+    file = path / ".metadata"
+    try:
+        with open(file, "rb") as f:
+            return _MetadataUnpickler(f).load()
+    except _Refused as exc:
+        raise UnsafeCheckpoint(file, str(exc)) from None
+    except Exception as exc:
+        raise CheckpointError(f"cannot read {file} ({type(exc).__name__}: {exc})",
+                              hint="is the checkpoint complete?") from exc
+
+
+def _verify_fsdp(path: Path) -> None:
+    """`.metadata` (plain pickle), meta.pt, and the non-tensor items of the shards (torch.distributed.checkpoint
+    loads those with weights_only=False; tensors it loads weights-only itself)."""
+    from torch.distributed.checkpoint.metadata import BytesStorageMetadata, MetadataIndex
+
+    metadata = _read_dcp_metadata(path)
+    if (path / "meta.pt").is_file():
+        load_file(path / "meta.pt", "fsdp", mmap=True)
+    for fqn, item in metadata.state_dict_metadata.items():
+        if not isinstance(item, BytesStorageMetadata):
+            continue
+        info = metadata.storage_data[MetadataIndex(fqn)]
+        label = f"{path / info.relative_path} (item {fqn})"
+        if info.transform_descriptors:
+            raise UnsafeCheckpoint(label, f"an item stored through {list(info.transform_descriptors)}")
+        with open(path / info.relative_path, "rb") as f:
+            f.seek(info.offset)
+            load_file(io.BytesIO(f.read(info.length)), "fsdp", label)
+
+
+def _verify_deepspeed(path: Path) -> None:
+    """Every .pt file DeepSpeed may read: those of the tag that `latest` names, and the rest of the directory."""
+    tag = (path / "latest").read_text().strip()
+    files = set(path.rglob("*.pt"))
+    if (path / tag).is_dir():
+        files |= set((path / tag).rglob("*.pt"))
+    for file in sorted(files):
+        if not zipfile.is_zipfile(file):
+            raise CheckpointError(f"{file} is not a readable PyTorch file (corrupt or truncated)")
+        load_file(file, "deepspeed", mmap=True)
+
+
+def verify(path: str | Path) -> Kind:
+    """Check that everything `path` holds unpickles with weights_only=True (memory-mapped: tensor data
+    is not read); raises UnsafeCheckpoint otherwise. Returns the checkpoint's kind."""
+    path = Path(path)
+    kind = checkpoint_kind(path)
+    try:
+        if kind == "file":
+            load_file(path, mmap=True)
+        elif kind == "fsdp":
+            _verify_fsdp(path)
+        else:
+            _verify_deepspeed(path)
+    except CheckpointError:
+        raise
+    except Exception as exc:
+        raise CheckpointError(f"cannot read {kind} checkpoint {path} ({type(exc).__name__}: {exc})",
+                              hint="is it complete? a checkpoint interrupted while being written is unusable") from exc
+    return kind
 
 
 def checkpoint_kind(path: Path) -> Kind:
@@ -57,18 +209,23 @@ def resolve_ckpt_path(ckpt_path: str | None, run_dir: Path) -> str | None:
       then the run directory's latest checkpoint, if it has one.
     - `last`: the run directory's latest checkpoint (last.ckpt or preempted.ckpt, newer first).
     - a path: must exist and be a readable checkpoint (file or sharded directory).
+
+    Whatever is returned has passed `verify`.
     """
     if ckpt_path in (None, ""):
         latest = latest_checkpoint(run_dir) if is_restart() else None
+        if latest:
+            verify(latest)
         return str(latest) if latest else None
     if ckpt_path == "last":
         latest = latest_checkpoint(run_dir)
         if latest is None:
             raise CheckpointError(f"ckpt_path=last but {run_dir / CHECKPOINT_DIR} holds no last.ckpt",
                                   hint="resume inside an existing run with run_dir=<that run's directory>")
+        verify(latest)
         return str(latest)
     path = Path(ckpt_path).expanduser()
-    checkpoint_kind(path)
+    verify(path)  # Lightning, DeepSpeed and torch.distributed.checkpoint load it next: refuse before
     return str(path.resolve())
 
 
@@ -78,17 +235,23 @@ def _strip(key: str, prefixes: tuple[str, ...] = ("_forward_module.", "_fsdp_wra
     return key
 
 
+def strip_wrappers(state: dict[str, Any]) -> dict[str, Any]:
+    """State-dict keys without the names that strategy wrappers (DDP, FSDP) insert."""
+    return {_strip(k): v for k, v in state.items()}
+
+
 def _load_fsdp(path: Path) -> dict[str, Any]:
     """torch.distributed.checkpoint shards -> one dict, with Lightning's metadata file (meta.pt) merged in."""
     from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
+    _verify_fsdp(path)  # dcp_to_torch_save unpickles the metadata and non-tensor items without restriction
     with tempfile.TemporaryDirectory() as tmp:
         merged = Path(tmp) / "merged.pt"
         dcp_to_torch_save(path, merged)
-        state = torch.load(merged, map_location="cpu", weights_only=False)
+        state = load_file(merged, "fsdp", label=path)
     meta = path / "meta.pt"
-    checkpoint = torch.load(meta, map_location="cpu", weights_only=False) if meta.is_file() else {}
-    checkpoint["state_dict"] = {_strip(k): v for k, v in state["model"].items()}
+    checkpoint = load_file(meta, "fsdp") if meta.is_file() else {}
+    checkpoint["state_dict"] = strip_wrappers(state["model"])
     return checkpoint
 
 
@@ -96,14 +259,15 @@ def _load_deepspeed(path: Path) -> dict[str, Any]:
     """ZeRO shards -> fp32 weights (DeepSpeed's own zero_to_fp32), with Lightning's client state kept."""
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
+    _verify_deepspeed(path)  # zero_to_fp32 loads the shards with weights_only=False
     weights = get_fp32_state_dict_from_zero_checkpoint(str(path))
     model_files = sorted((path / "checkpoint").glob("*model_states.pt"))
-    client = torch.load(model_files[0], map_location="cpu", weights_only=False) if model_files else {}
+    client = load_file(model_files[0], "deepspeed") if model_files else {}
     internal = {"module", "optimizer", "lr_scheduler", "csr_tensor_module_names", "skipped_steps", "global_steps",
                 "dp_world_size", "mp_world_size", "buffer_names", "param_shapes", "frozen_param_shapes",
                 "shared_params", "frozen_param_fragments", "ds_config", "ds_version"}
     checkpoint = {k: v for k, v in client.items() if k not in internal}
-    checkpoint["state_dict"] = {_strip(k): v for k, v in weights.items()}
+    checkpoint["state_dict"] = strip_wrappers(weights)
     return checkpoint
 
 
@@ -116,8 +280,8 @@ def load_consolidated(path: str | Path) -> dict[str, Any]:
     kind = checkpoint_kind(path)
     try:
         if kind == "file":
-            checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-            checkpoint["state_dict"] = {_strip(k): v for k, v in checkpoint["state_dict"].items()}
+            checkpoint = load_file(path)
+            checkpoint["state_dict"] = strip_wrappers(checkpoint["state_dict"])
             return checkpoint
         return _load_fsdp(path) if kind == "fsdp" else _load_deepspeed(path)
     except CheckpointError:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lightdist.checkpoints import CHECKPOINT_DIR, checkpoint_kind
+from lightdist.checkpoints import CHECKPOINT_DIR, verify
 from lightdist.errors import CheckpointError, ConfigError
 
 
@@ -54,7 +54,7 @@ def locate(source: str | Path, ckpt: str = "best") -> tuple[Path | None, Path]:
         return path, find_checkpoint(path, ckpt)
     if not path.exists():
         raise CheckpointError(f"{path} does not exist", hint="pass a run directory or a checkpoint")
-    checkpoint_kind(path)  # a readable file or a sharded checkpoint directory
+    verify(path)  # a readable file or a sharded checkpoint directory, holding data only
     run = path.parent.parent if path.parent.name == CHECKPOINT_DIR else None
     return (run if run is not None and is_run_dir(run) else None), path
 
@@ -69,22 +69,23 @@ def model_state(checkpoint: dict[str, Any]) -> dict[str, Any]:
 
 
 def read_weights(source: str | Path, ckpt: str = "best") -> dict[str, Any]:
-    """A model state_dict from a run directory, any checkpoint (sharded ones too) or a state-dict file."""
-    import torch
+    """A model state_dict from a run directory, any checkpoint (sharded ones too) or a state-dict file.
 
-    from lightdist.checkpoints import load_consolidated
+    Files are unpickled with weights_only=True (a file that needs more is refused: UnsafeCheckpoint).
+    """
+    from lightdist.checkpoints import checkpoint_kind, load_consolidated, load_file, strip_wrappers
 
     path = Path(source).expanduser()
     if is_run_dir(path.resolve()):
         return model_state(load_consolidated(find_checkpoint(path.resolve(), ckpt)))
     if path.is_file():
-        try:
-            loaded = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception:  # Lightning checkpoints hold more than tensors (hyperparameters, loop state)
-            loaded = load_consolidated(path)
+        checkpoint_kind(path)  # a torch.save zip file
+        loaded = load_file(path)
         if not isinstance(loaded, dict):
             raise CheckpointError(f"{path} holds a {type(loaded).__name__}, not a state dict",
                                   hint="save weights with torch.save(model.state_dict(), path)")
+        if isinstance(loaded.get("state_dict"), dict):  # a Lightning checkpoint
+            loaded["state_dict"] = strip_wrappers(loaded["state_dict"])
         return model_state(loaded)
     return model_state(load_consolidated(locate(path, ckpt)[1]))
 

@@ -92,6 +92,25 @@ def save_pruned(run, model, path: Path) -> None:
     torch.save(checkpoint, path)
 
 
+def save_dynamic(qmodel, args, data, folder: Path, threads: int) -> tuple[Path, str]:
+    """A graph (torch.export, else TorchScript) when the loaded file reproduces the model on the test
+    batches: loading it runs no Python. Else (dynamic int8 recurrent layers on packed sequences: no
+    exporter captures them, a trace freezes the batch size) a pickled module, which runs any code it
+    names when loaded: the runner loads it only with --trust-pickle."""
+    try:
+        exported = ex.export_program(qmodel, args, folder, stem="model_int8_dynamic")
+        same = agreement(qmodel, ex.load_exported(exported.path, threads), data)
+        if same["top1_agreement"] == 1.0 and same["max_abs_logit_diff"] <= ex.ExportOptions.atol:
+            return exported.path, exported.exporter
+        exported.path.unlink()
+    except Exception:  # a model no exporter captures, or a trace that fails on other shapes
+        for stale in folder.glob("model_int8_dynamic.*"):
+            stale.unlink()
+    path = folder / ex.PICKLED_DYNAMIC_FILE
+    torch.save(qmodel, path)
+    return path, "pickled module (run_exported --trust-pickle)"
+
+
 def run_quantize(run, model, args, data, opts, lat: measure.LatencyOptions, folder: Path) -> dict[str, Any]:
     method = quantize.resolve_method(model, opts.method)
     if method == "static":
@@ -103,10 +122,11 @@ def run_quantize(run, model, args, data, opts, lat: measure.LatencyOptions, fold
                           str(path))
     else:
         qmodel = quantize.quantize_dynamic(model)
-        path = folder / "model_int8_dynamic.pt"
-        torch.save(qmodel, path)  # a pickled module: torch.load(path, weights_only=False)
+        path, saved_as = save_dynamic(qmodel, args, data, folder, lat.threads)
     entry = {"method": method, "options": vars(opts), "file": path.name, "file_bytes": measure.file_bytes(path),
              **measure.state_bytes(qmodel), "latency_ms": measure.latencies(qmodel, args, lat)}
+    if method == "dynamic":
+        entry["saved_as"] = saved_as
     entry["accuracy"] = accuracy(qmodel, data)
     entry["accuracy_measured"] = "eager"
     if method == "static" and lat.compile:

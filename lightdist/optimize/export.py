@@ -14,7 +14,11 @@ that was used (and why the first failed).
 """
 
 import json
+import os
+import pickle
 import warnings
+import zipfile
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -28,8 +32,11 @@ from lightdist.optimize.quantize import batch_dynamic_shapes, example
 
 Format = Literal["onnx", "torch_export"]
 FILES = {"onnx": "model.onnx", "torch_export": "model.pt2"}
-TORCHSCRIPT_FILE = "model.torchscript.pt"
+TORCHSCRIPT_SUFFIX = ".torchscript.pt"
+TORCHSCRIPT_FILE = "model" + TORCHSCRIPT_SUFFIX
+PICKLED_DYNAMIC_FILE = "model_int8_dynamic.pt"  # a pickled module: loaded only when trusted explicitly
 SIDECAR = "model.json"
+_FORCE_WEIGHTS_ONLY = "TORCH_FORCE_WEIGHTS_ONLY_LOAD"  # torch.load reads it on every call
 SAMPLES = "samples.npz"
 
 
@@ -83,20 +90,20 @@ def export_onnx(model: nn.Module, args: tuple, path: Path, opset: int | None = N
     return Exported(path, "torch.onnx (torchscript)", reason)
 
 
-def export_program(model: nn.Module, args: tuple, folder: Path) -> Exported:
-    """model.pt2 (torch.export), else model.torchscript.pt (scripted, else traced)."""
+def export_program(model: nn.Module, args: tuple, folder: Path, stem: str = "model") -> Exported:
+    """<stem>.pt2 (torch.export), else <stem>.torchscript.pt (scripted, else traced)."""
     args = example(args)
     model = model.eval()
     try:
         with warnings.catch_warnings():  # a model torch.export cannot capture warns on its way to the error
             warnings.simplefilter("ignore")
             program = torch.export.export(model, args, dynamic_shapes=batch_dynamic_shapes(args))
-        path = folder / FILES["torch_export"]
+        path = folder / f"{stem}.pt2"
         torch.export.save(program, str(path))
         return Exported(path, "torch.export")
     except Exception as exc:
         reason = _reason(exc)
-    path = folder / TORCHSCRIPT_FILE
+    path = folder / f"{stem}{TORCHSCRIPT_SUFFIX}"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
@@ -126,15 +133,59 @@ class OnnxModel:
         return torch.from_numpy(self.session.run(None, feed)[0])
 
 
-def load_exported(path: str | Path, threads: int = 1):
-    """A callable for model.onnx (onnxruntime), model.pt2 (torch.export.load) or model.torchscript.pt."""
+@contextmanager
+def _weights_only_loads():
+    """Every torch.load inside unpickles weights-only, also those that ask for weights_only=False."""
+    previous = os.environ.get(_FORCE_WEIGHTS_ONLY)
+    os.environ[_FORCE_WEIGHTS_ONLY] = "1"
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(_FORCE_WEIGHTS_ONLY, None)
+        else:
+            os.environ[_FORCE_WEIGHTS_ONLY] = previous
+
+
+def _load_program(path: Path):
+    """torch.export.load, which unpickles some payloads (weights saved by pickle, opaque constants) without
+    restriction: forced weights-only, and archives with opaque pickled objects refused."""
+    from lightdist.checkpoints import UnsafeCheckpoint, refused_global
+
+    hint = "an exported model must hold a graph and tensors only; export it again from the run you trust"
+    if not zipfile.is_zipfile(path):
+        raise ConfigError(f"{path} is not a torch.export archive (corrupt or truncated)")
+    with zipfile.ZipFile(path) as archive:
+        opaque = [n for n in archive.namelist() if "/constants/opaque_obj" in n]
+    if opaque:
+        raise UnsafeCheckpoint(path, f"an opaque Python object ({opaque[0]})", hint)
+    try:
+        with _weights_only_loads():
+            return torch.export.load(str(path)).module()
+    except pickle.UnpicklingError as exc:
+        raise UnsafeCheckpoint(path, refused_global(exc), hint) from None
+
+
+def load_exported(path: str | Path, threads: int = 1, trust_pickle: bool = False):
+    """A callable for model.onnx (onnxruntime), model.pt2 (torch.export.load) or model.torchscript.pt;
+    with `trust_pickle`, also for a pickled module (.pt, as optimize saves dynamic int8 recurrent models).
+
+    Only the last unpickles Python objects (and so can run any code the file names): ONNX is a
+    protobuf graph, a .pt2 file a serialized graph whose tensors are loaded weights-only,
+    TorchScript code that runs TorchScript operators only.
+    """
     path = Path(path)
     if path.suffix == ".onnx":
         return OnnxModel(path, threads)
     if path.suffix == ".pt2":
-        return torch.export.load(str(path)).module()
-    if path.name.endswith(".torchscript.pt"):
+        return _load_program(path)
+    if path.name.endswith(TORCHSCRIPT_SUFFIX):
         return torch.jit.load(str(path), map_location="cpu").eval()
+    if path.suffix == ".pt":
+        if not trust_pickle:
+            raise ConfigError(f"{path} is a pickled module: loading it runs whatever code it names",
+                              hint="pass --trust-pickle only if you made it yourself (lightdist optimize)")
+        return torch.load(path, map_location="cpu", weights_only=False).eval()
     raise ConfigError(f"{path}: not an exported model (.onnx, .pt2 or .torchscript.pt)")
 
 

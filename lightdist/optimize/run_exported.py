@@ -5,6 +5,9 @@
     python -m lightdist.optimize.run_exported <dir>/model.onnx --images t10k-images-idx3-ubyte.gz
     python -m lightdist.optimize.run_exported <dir>/model.onnx --inputs x.npz   # pre-encoded (text: input0, input1)
 
+A pickled module (model_int8_dynamic.pt: dynamic int8 recurrent models, which no exporter
+captures) runs only with --trust-pickle: unpickling runs whatever code the file names.
+
 Needs only the export folder: model.json says the input layout, the normalisation and the
 class names. Prints one JSON line per input (label and probability); with no --images, runs
 the saved sample inputs and exits 1 if the logits differ from the PyTorch model's by more
@@ -20,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lightdist.errors import LightdistError
 from lightdist.optimize.export import SAMPLES, SIDECAR, load_exported
 
 
@@ -46,16 +50,24 @@ def load_images(path: Path, spec: dict) -> torch.Tensor:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lightdist.optimize.run_exported", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("model", type=Path, help="model.onnx or model.pt2 written by `lightdist optimize`")
+    parser.add_argument("model", type=Path, help="model.onnx, model.pt2 or model.torchscript.pt written by "
+                                                 "`lightdist optimize`")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--images", type=Path, help="uint8 images (.npy, or an IDX file as MNIST ships them)")
     source.add_argument("--inputs", type=Path, help=".npz of model-ready arrays named as model.json's inputs")
     parser.add_argument("--limit", type=int, default=None, help="at most this many inputs")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--atol", type=float, default=1e-4, help="tolerance of the sample check")
+    parser.add_argument("--trust-pickle", action="store_true",
+                        help="also load a pickled module (model_int8_dynamic.pt); unpickling runs any code the "
+                             "file names, so only for files you made yourself")
     args = parser.parse_args(argv)
     spec = json.loads((args.model.parent / SIDECAR).read_text())
-    model = load_exported(args.model, args.threads)
+    try:
+        model = load_exported(args.model, args.threads, trust_pickle=args.trust_pickle)
+    except LightdistError as exc:  # e.g. a .pt2 archive that would unpickle more than tensors
+        print(f"lightdist: error: {exc}", file=sys.stderr)
+        return 2
     classes = spec["class_names"]
     if args.images is not None:
         inputs, expected = (load_images(args.images, spec),), None

@@ -181,22 +181,29 @@ def load_teacher(distill: Distillation, num_classes: int) -> tuple[nn.Module, An
 
 
 def check_sources(task_cfg: Any) -> None:
-    """Before a run starts: the run/checkpoint/file named by init_from and distill.teacher exist."""
-    from lightdist.runs import locate
+    """Before a run starts: the run/checkpoint/file named by init_from and distill.teacher exist and
+    hold data only (loadable with weights_only=True)."""
+    from lightdist.checkpoints import verify
+    from lightdist.runs import find_checkpoint, is_run_dir, locate
 
     if task_cfg is None:
         return
     init_from = task_cfg.get("init_from")
-    if init_from and not Path(str(init_from)).expanduser().exists():
-        raise CheckpointError(f"task.init_from: {init_from} does not exist",
-                              hint="pass task.init_from=<run directory, checkpoint or state-dict file>")
+    if init_from:
+        source = Path(str(init_from)).expanduser()
+        if not source.exists():
+            raise CheckpointError(f"task.init_from: {init_from} does not exist",
+                                  hint="pass task.init_from=<run directory, checkpoint or state-dict file>")
+        verify(find_checkpoint(source.resolve(), task_cfg.get("init_ckpt", "best"))
+               if is_run_dir(source.resolve()) else source)
     distill = task_cfg.get("distill")
     teacher = distill.get("teacher") if distill else None
     if teacher:
         if not Path(str(teacher)).expanduser().exists():
             raise CheckpointError(f"task.distill.teacher: {teacher} does not exist",
                                   hint="pass task.distill.teacher=<the teacher's run directory or a checkpoint in it>")
-        run, _ = locate(str(teacher), distill.get("ckpt", "best"))
+        run, checkpoint = locate(str(teacher), distill.get("ckpt", "best"))
+        verify(checkpoint)
         if run is None:
             raise ConfigError(f"task.distill.teacher: {teacher} is not inside a run directory",
                               hint="pass the teacher's run directory (holding config.yaml) or a checkpoint in it")
