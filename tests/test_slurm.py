@@ -1,13 +1,15 @@
 """Against a real SLURM scheduler (a one-node cluster; .ci/run installs and starts it).
 
-The CPU template with 2 tasks over gloo, preemption with requeue and resume, a job array of
-sweep points, and launch.sh's dry runs and preflight refusals.
+The CPU template with 2 tasks over gloo, preemption with requeue and resume (SIGUSR1 and
+SIGTERM, sent to the steps, to the batch shell, or by SLURM itself), a job array of sweep
+points, and launch.sh's dry runs and preflight refusals.
 """
 
 import csv
 import json
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -49,11 +51,17 @@ def job_state(job: str) -> dict[str, str]:
     return dict(re.findall(r"(\w+)=(\S+)", out))
 
 
+def gone(squeue: subprocess.CompletedProcess) -> bool:
+    """squeue -j says the job left the queue. It also answers non-zero when slurmctld is too busy
+    to reply (a loaded machine): that means ask again, not gone."""
+    return (squeue.returncode == 0 and not squeue.stdout.strip()) or "Invalid job id" in squeue.stderr
+
+
 def wait_for(job: str, timeout: float = 300) -> dict[str, str]:
     deadline = time.time() + timeout
     while time.time() < deadline:
-        queued = subprocess.run(["squeue", "-h", "-j", job, "-o", "%T"], capture_output=True, text=True).stdout
-        if not queued.strip():
+        queued = subprocess.run(["squeue", "-h", "-j", job, "-o", "%T"], capture_output=True, text=True)
+        if gone(queued):
             return job_state(job)
         time.sleep(1)
     subprocess.run(["scancel", job])
@@ -82,31 +90,112 @@ def test_cpu_template_two_tasks_over_gloo(slurm, workdir):
         assert [r["epoch"] for r in csv.DictReader(f) if r.get("val/acc")] == ["0", "1"]
 
 
-def test_preemption_requeues_and_resumes_where_it_stopped(slurm, workdir):
-    job = submit([str(REPO / "slurm" / "train_cpu.sbatch"), *TINY, "data.train_subset=4000",
-                  "trainer.max_epochs=6", "trainer.log_every_n_steps=1"], workdir)
-    run_dir = workdir / "outputs" / "default" / f"slurm-{job}"
-    deadline = time.time() + 180
-    while time.time() < deadline:  # past the first epoch's checkpoint: a genuinely mid-run preemption
-        record = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").exists() else {}
-        if record.get("segments") and record["segments"][0].get("last_checkpoint_step"):
+# Ways a preemption reaches a job. The steps alone (#SBATCH --signal=USR1@N) is how the batch
+# shell passes a signal on, so every case below goes through it as well.
+PREEMPT = {
+    # the batch shell and its process group: the shell must survive and pass it on
+    "usr1-full": ["scancel", "--signal=USR1", "--full"],
+    # the batch shell alone, as #SBATCH --signal=B:USR1@N does
+    "usr1-batch-only": ["scancel", "--signal=USR1", "--batch"],
+    # SIGTERM to the batch shell's group: srun must not get it (it kills its tasks at once)
+    "term-full": ["scancel", "--signal=TERM", "--full"],
+    # what preemption with PreemptMode=REQUEUE does: SIGTERM to everything, SIGKILL KillWait later
+    "scontrol-requeue": ["scontrol", "requeue"],
+}
+
+
+def segments_of(run_dir: Path) -> list[dict]:
+    try:
+        return json.loads((run_dir / "run.json").read_text())["segments"]
+    except (FileNotFoundError, json.JSONDecodeError, KeyError):
+        return []
+
+
+def preempt_after_a_checkpoint(job: str, run_dir: Path, segment: int, command: list[str], workdir: Path) -> None:
+    """Signal once segment `segment` (0: first run, 1: first restart...) has saved a checkpoint:
+    genuinely mid-run, with earlier checkpoints that resuming must not fall back to."""
+    deadline = time.time() + 240
+    while True:
+        segments = segments_of(run_dir)
+        if len(segments) > segment and segments[segment].get("last_checkpoint_step"):
             break
+        queued = subprocess.run(["squeue", "-h", "-j", job], capture_output=True, text=True)
+        if time.time() > deadline or gone(queued):
+            raise AssertionError(f"segment {segment} never reached a checkpoint ({job_state(job)}):\n"
+                                 f"{log_of(workdir)[-3000:]}")
         time.sleep(0.5)
-    else:
-        raise AssertionError(f"training never reached its first checkpoint:\n{log_of(workdir)[-3000:]}")
-    time.sleep(2)
-    subprocess.run(["scancel", "--signal=USR1", job], check=True)
-    state = wait_for(job, timeout=400)
-    assert state["JobState"] == "COMPLETED" and state["Restarts"] == "1", log_of(workdir)[-3000:]
+    subprocess.run([*command, job], check=True)
+
+
+@pytest.mark.parametrize("first, second", [("usr1-full", "term-full"), ("usr1-batch-only", "scontrol-requeue")])
+def test_preemption_requeues_and_resumes_where_it_stopped(first, second, slurm, workdir):
+    """Two preemptions of one job, each signalled mid-epoch: every rank saves preempted.ckpt at
+    the same step, the job is requeued, resumes from that step in the same directory, completes."""
+    job = submit([str(REPO / "slurm" / "train_cpu.sbatch"), *TINY, "data.train_subset=2560",
+                  "trainer.limit_train_batches=20", "trainer.max_epochs=4", "trainer.log_every_n_steps=1",
+                  "callbacks.model_checkpoint=null", "test_after_fit=false"], workdir)
+    run_dir = workdir / "outputs" / "default" / f"slurm-{job}"
+    preempt_after_a_checkpoint(job, run_dir, 0, PREEMPT[first], workdir)
+    preempt_after_a_checkpoint(job, run_dir, 1, PREEMPT[second], workdir)
+    state = wait_for(job, timeout=240)
+    log = log_of(workdir)
+    assert state["JobState"] == "COMPLETED" and state["Restarts"] == "2", log[-3000:]
     assert run_dirs(workdir) == [run_dir]  # the requeued job came back to the same directory
-    segments = json.loads((run_dir / "run.json").read_text())["segments"]
-    assert [s["slurm_restart_count"] for s in segments] == [0, 1]
-    assert segments[0]["status"] == "requeued" and segments[1]["status"] == "completed"
-    assert segments[1]["resumed_from"].endswith("checkpoints/preempted.ckpt")
-    assert segments[1]["start_step"] > 0, "the requeued job must resume from the saved step, not from zero"
+    segments = segments_of(run_dir)
+    assert [s["slurm_restart_count"] for s in segments] == [0, 1, 2]
+    assert [s["status"] for s in segments] == ["requeued", "requeued", "completed"], log[-3000:]
+    for before, after in zip(segments, segments[1:]):
+        assert after["resumed_from"].endswith("checkpoints/preempted.ckpt")
+        # resumed from the preempted step, not from the epoch-end checkpoint before it
+        assert after["start_step"] == before["global_step"] > before["start_step"]
+    assert "preemption (SIGUSR1): saved" in log and "preemption (SIGTERM): saved" in log
+    assert "SIGUSR1: passed on to the step" in log  # the batch shell got it, survived and passed it on
+    assert not (run_dir / "checkpoints" / "preempted.ckpt.partial").exists()
     summary = read_summary(run_dir)
+    assert summary["global_step"] == 80
     steps = train_loss_steps(run_dir)
     assert sorted(steps) == list(range(summary["global_step"])), "every step logged exactly once"
+
+
+def test_cancel_is_not_turned_into_a_requeue(slurm, workdir):
+    """`scancel <job>` sends SIGTERM too, but a cancelled job must stay cancelled."""
+    job = submit([str(REPO / "slurm" / "train_cpu.sbatch"), *TINY, "data.train_subset=2560",
+                  "trainer.limit_train_batches=20", "trainer.max_epochs=4", "callbacks.model_checkpoint=null"],
+                 workdir)
+    run_dir = workdir / "outputs" / "default" / f"slurm-{job}"
+    preempt_after_a_checkpoint(job, run_dir, 0, ["scancel"], workdir)
+    deadline = time.time() + 60
+    while (state := job_state(job))["JobState"] in ("RUNNING", "COMPLETING") and time.time() < deadline:
+        time.sleep(0.5)
+    assert state["JobState"] == "CANCELLED" and state["Restarts"] == "0", log_of(workdir)[-3000:]
+
+
+def test_sigterm_outside_slurm_saves_and_stops_cleanly(workdir):
+    """SIGTERM to the process that started the ranks (kill, a container stop): the ranks agree on
+    it, save preempted.ckpt at one step and exit cleanly instead of dying mid-step."""
+    log = workdir / "run.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "lightdist", "trainer=cpu_ddp", "trainer.devices=2", *TINY,
+                                 "data.train_subset=2560", "trainer.limit_train_batches=20", "trainer.max_epochs=4",
+                                 "callbacks.model_checkpoint=null", "test_after_fit=false"],
+                                cwd=workdir, env=cli_env(), stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 120
+        while not list(workdir.glob("outputs/default/*/checkpoints/last.ckpt")):
+            assert proc.poll() is None and time.time() < deadline, log.read_text()[-3000:]
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=120)
+    finally:
+        proc.kill()
+    text = log.read_text()
+    assert proc.returncode == 0, text[-3000:]
+    run_dir = run_dirs(workdir)[0]
+    segment = segments_of(run_dir)[0]
+    assert segment["status"] in ("requeued", "preempted") and segment["global_step"] > 20, text[-3000:]
+    assert "preemption (SIGTERM): saved" in text
+    assert (run_dir / "checkpoints" / "preempted.ckpt").is_file()
+    assert not (run_dir / "checkpoints" / "preempted.ckpt.partial").exists()
 
 
 def test_array_job_runs_each_sweep_point(slurm, workdir):

@@ -8,12 +8,21 @@ the end of each training step the ranks agree on the flag (an all-reduce on a gl
 so GPUs are never synchronised for it); when any rank was signalled, all of them save the
 same checkpoint at the same step, rank 0 asks SLURM to requeue the job, and training stops.
 The requeued job (same id, same run directory) resumes from that checkpoint.
+
+SIGTERM is handled the same way: it is what SLURM sends on preemption (PreemptMode=REQUEUE),
+`scontrol requeue` and the time limit, KillWait (or GraceTime) seconds before SIGKILL. While
+training runs this handler replaces Lightning's own SIGTERM handler, which would otherwise
+broadcast from inside the signal handler and stop without a checkpoint. The checkpoint is
+written under a temporary name and renamed, so a SIGKILL in the middle of the save leaves the
+previous checkpoints as they were.
 """
 
 import logging
 import os
+import shutil
 import signal
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,14 +34,35 @@ from lightdist.errors import ConfigError
 
 log = logging.getLogger(__name__)
 PREEMPTED_CHECKPOINT = "preempted.ckpt"
+UNCATCHABLE = (signal.SIGKILL, signal.SIGSTOP)
 
 
-def parse_signal(name: str) -> signal.Signals:
-    name = str(name).upper()
+def parse_signal(name: str, key: str = "preemption.signal") -> signal.Signals:
+    text = str(name).upper()
     try:
-        return signal.Signals[name if name.startswith("SIG") else f"SIG{name}"]
+        signum = signal.Signals[text if text.startswith("SIG") else f"SIG{text}"]
     except KeyError as exc:
-        raise ConfigError(f"preemption.signal={name} is not a signal name", hint="e.g. SIGUSR1, SIGUSR2") from exc
+        raise ConfigError(f"{key}={name} is not a signal name", hint="e.g. SIGUSR1, SIGTERM") from exc
+    if signum in UNCATCHABLE:
+        raise ConfigError(f"{key}={name} cannot be caught by a process", hint="e.g. SIGUSR1, SIGTERM")
+    return signum
+
+
+def configured_signals(node: Any) -> list[signal.Signals]:
+    """The preemption signals of the config's `preemption` node: `signals` (a list), plus the
+    older single `signal` when it is set (command lines that set only it keep working)."""
+    names = node.get("signals")
+    if names is None:
+        names = []
+    elif isinstance(names, str):
+        names = [names]
+    signals = [parse_signal(n, "preemption.signals") for n in names]
+    if node.get("signal"):
+        signals.append(parse_signal(node.get("signal")))
+    if not signals:
+        raise ConfigError("preemption lists no signals", hint="set preemption.signals=[SIGUSR1,SIGTERM], "
+                          "or preemption=null to switch preemption handling off")
+    return list(dict.fromkeys(signals))
 
 
 def slurm_job_for_requeue() -> str | None:
@@ -44,9 +74,15 @@ def slurm_job_for_requeue() -> str | None:
 
 
 def requeue_slurm_job() -> bool:
-    """`scontrol requeue` this SLURM job (array task); False outside SLURM or when it fails."""
+    """`scontrol requeue` this SLURM job (array task) if it is still running; False outside SLURM,
+    when it fails, or when SLURM is ending the job itself: a job being cancelled must stay
+    cancelled, and one being requeued (preemption, scontrol requeue) or timed out is left to SLURM."""
     job = slurm_job_for_requeue()
     if job is None:
+        return False
+    state = subprocess.run(["squeue", "-h", "-j", job, "-o", "%T"], capture_output=True, text=True).stdout.strip()
+    if state and state != "RUNNING":
+        log.info(f"SLURM job {job} is {state.lower()} (cancelled, requeued or out of time): left to SLURM")
         return False
     result = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True)
     if result.returncode != 0:
@@ -61,20 +97,27 @@ class Preempted(Exception):
 
 
 class PreemptionHandler(L.Callback):
-    def __init__(self, signal_name: str = "SIGUSR1", check_every_n_steps: int = 1):
-        self.signum = parse_signal(signal_name)
+    def __init__(self, signals: str | Sequence[str] = ("SIGUSR1", "SIGTERM"), check_every_n_steps: int = 1):
+        names = [signals] if isinstance(signals, str) else list(signals)
+        self.signums = list(dict.fromkeys(parse_signal(n) for n in names))
         self.check_every_n_steps = max(1, int(check_every_n_steps))
-        self.signalled = False
+        self.signalled: signal.Signals | None = None
         self.preempted = False
-        self._previous: Any = None
+        self._previous: dict[signal.Signals, Any] = {}
         self._group: Any = None
         self._saving = False
 
+    @classmethod
+    def from_config(cls, node: Any) -> "PreemptionHandler":
+        return cls([s.name for s in configured_signals(node)], node.get("check_every_n_steps", 1))
+
     def _on_signal(self, signum: int, frame: Any) -> None:
-        self.signalled = True  # nothing else: a signal handler may run in the middle of a collective
+        # Nothing else: a signal handler may run in the middle of a collective.
+        self.signalled = self.signalled or signal.Signals(signum)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._previous = signal.signal(self.signum, self._on_signal)
+        for signum in self.signums:
+            self._previous[signum] = signal.signal(signum, self._on_signal)
         if trainer.world_size > 1 and dist.is_available() and dist.is_initialized():
             # A CPU (gloo) group for this one flag, whatever the training backend.
             self._group = None if dist.get_backend() == "gloo" else dist.new_group(backend="gloo")
@@ -91,14 +134,15 @@ class PreemptionHandler(L.Callback):
             loop["_batches_that_stepped"] -= 1
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self._previous is not None:
-            signal.signal(self.signum, self._previous)
-            self._previous = None
+        # Back to Lightning's handlers for testing: a SIGTERM after training stops the job as before.
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+        self._previous = {}
 
     def _anyone_signalled(self, trainer: L.Trainer) -> bool:
         if trainer.world_size == 1 or not dist.is_initialized():
-            return self.signalled
-        flag = torch.tensor([1 if self.signalled else 0], dtype=torch.int32)
+            return self.signalled is not None
+        flag = torch.tensor([int(self.signalled or 0)], dtype=torch.int32)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self._group)
         return bool(flag.item())
 
@@ -111,11 +155,23 @@ class PreemptionHandler(L.Callback):
             return
         self.preempted = True
         path = Path(trainer.default_root_dir) / "checkpoints" / PREEMPTED_CHECKPOINT
+        partial = path.with_name(f"{path.name}.partial")
         self._saving = True
         try:
-            trainer.save_checkpoint(path)  # collective for sharded strategies; ends with a barrier
+            trainer.save_checkpoint(partial)  # collective for sharded strategies; ends with a barrier
         finally:
             self._saving = False
         if trainer.is_global_zero:
-            log.info(f"preemption signal: saved {path} at step {trainer.global_step}")
+            replace(partial, path)
+            why = self.signalled.name if self.signalled else "another rank's signal"
+            log.info(f"preemption ({why}): saved {path} at step {trainer.global_step}")
         raise Preempted(f"preempted at step {trainer.global_step}; resume from {path}")
+
+
+def replace(source: Path, target: Path) -> None:
+    """Move a finished checkpoint (file or sharded directory) over the previous one."""
+    if target.is_dir() and not target.is_symlink():
+        shutil.rmtree(target)
+    elif source.is_dir() and target.exists():
+        target.unlink()
+    os.replace(source, target)
