@@ -150,9 +150,17 @@ def test_optimize_prunes_quantizes_and_exports_a_cnn(fashion_run):
     assert prune.sparsity(load_run(run_dir, str(folder / "pruned.ckpt")).model)["weights"] == pytest.approx(0.6, abs=1e-3)
     q = report["quantize"]
     assert q["method"] == "static"
-    assert q["agreement"]["top1_agreement"] >= 0.97  # int8 vs float predictions on 500 real test images
+    # int8 vs float predictions on 500 real test images. int8 rounding moves logits by up to ~0.2 here,
+    # which dwarfs any CPU or thread-count difference of the float reference (~1e-6); measured 0.998
+    # (1 flip, though 72 images have a top-2 gap under 0.24). A wrong scale or calibration falls far below.
+    assert q["agreement"]["top1_agreement"] >= 0.97
     assert abs(q["accuracy"] - report["prune"]["accuracy"]) <= 0.03
     assert q["size_bytes"] < 0.35 * report["prune"]["size_bytes"]  # int8 weights: about a quarter
+    # 1e-4 from the float32 rounding scale of these logits (|logit| < 10): the same model in float64
+    # differs from float32 by 1.3e-6 (1 thread) to 1.5e-6 (2 threads), and any float32 implementation
+    # (ONNX Runtime's kernels on any x86-64: measured 2.9e-6; torch.export: 0) lies within a few times
+    # that of the exact logits. The smallest top-2 gap is 5e-3, so no prediction can flip either.
+    # A faulty export (a frozen shape, a lost normalisation) misses by orders of magnitude.
     for fmt in ("onnx", "torch_export"):
         entry = report["export"][fmt]
         assert entry["parity_ok"] and entry["parity"]["max_abs_logit_diff"] < 1e-4, entry

@@ -1,23 +1,108 @@
 """Turn the `strategy` config group into what Lightning's Trainer takes."""
 
-from typing import Any
+import atexit
+import os
+import sys
+from typing import Any, NoReturn
 
-from hydra.utils import instantiate
-from omegaconf import DictConfig
+from hydra.utils import get_object, instantiate
+from lightning.pytorch.strategies import DDPStrategy as LightningDDPStrategy
+from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher
+from omegaconf import DictConfig, OmegaConf
 
 from lightdist.config.validate import signature_of
+
+RELEASE_TIMEOUT_S = 10.0
+
+
+def release_process_group() -> None:
+    import faulthandler
+
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    # Destroying waits for the group's running collectives. One stuck on a peer that never joins it
+    # (an error path) must not hang the exit: the process then ends after the timeout, tracebacks shown.
+    faulthandler.dump_traceback_later(RELEASE_TIMEOUT_S, exit=True)
+    try:
+        dist.destroy_process_group()
+    finally:
+        faulthandler.cancel_dump_traceback_later()
+
+
+def release_process_group_at_exit() -> None:
+    """Destroy this process's process group when it exits, while the interpreter is still whole.
+
+    A process that exits with its gloo group alive can abort ("terminate called without an
+    active exception", SIGABRT): a gloo worker thread that drops the last reference to a
+    finished collective's tensors needs the GIL, which it cannot take once the interpreter is
+    being torn down. Destroying the group first joins those threads, unless something else still
+    holds it (hence exit_rank for the ranks lightdist starts). Registered once.
+    """
+    atexit.unregister(release_process_group)
+    atexit.register(release_process_group)
+
+
+def exit_rank(code: int = 0) -> NoReturn:
+    """End a rank's process once its work is done, without interpreter finalization.
+
+    Destroying the process group at exit is not enough: other references (the DDP reducer,
+    Work objects, modules that copy torch.distributed's group tables) can keep the C++ gloo
+    group, and so its worker threads, alive into finalization, where one that drops a
+    tensor aborts the process. Ending with os._exit leaves no finalization to race with:
+    the atexit handlers run first, while the interpreter is whole.
+    """
+    atexit._run_exitfuncs()  # logging's flush, loggers' hooks, the group release
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os._exit(code)
+
+
+class _SpawnLauncher(_MultiProcessingLauncher):
+    """Lightning's spawn launcher whose children end with exit_rank once their result is handed over.
+
+    Only spawn needs it: fork and forkserver children already end with os._exit.
+    """
+
+    def _wrapping_function(self, *args: Any, **kwargs: Any) -> None:
+        # The result is on Lightning's SimpleQueue (written synchronously) when this returns;
+        # a failure raises past this line and keeps torch's error report and exit code 1.
+        super()._wrapping_function(*args, **kwargs)
+        exit_rank(0)
+
+
+class DDPStrategy(LightningDDPStrategy):
+    """Lightning's DDPStrategy whose ranks cannot abort at exit over a live gloo group.
+
+    That matters under ddp_spawn: every fit() and test() runs in fresh processes that end as
+    soon as it returns, with the group still alive (Lightning's teardown keeps it). Spawned
+    children end with exit_rank; every rank also releases its group at exit.
+    """
+
+    def _configure_launcher(self) -> None:
+        super()._configure_launcher()
+        if self._start_method == "spawn":
+            self._launcher = _SpawnLauncher(self, start_method="spawn")
+
+    def setup_environment(self) -> None:
+        super().setup_environment()
+        release_process_group_at_exit()
 
 
 def build_strategy(cfg: DictConfig | None, trainer: DictConfig) -> Any:
     """A Strategy object for groups with a `_target_` (ddp, fsdp, deepspeed...), else a registry name.
 
     lightdist's own factories (fsdp, deepspeed) are told the device type (to pick their CPU
-    variant) and the precision; Lightning's classes are built as configured.
+    variant) and the precision; Lightning's classes are built as configured, its DDPStrategy as
+    lightdist's DDPStrategy (the same, with ranks that release their process group at exit).
     """
     if cfg is None:
         return "auto"
     if "_target_" not in cfg:
         return cfg.get("name", "auto")
+    if get_object(cfg._target_) is LightningDDPStrategy:
+        cfg = OmegaConf.merge(cfg, {"_target_": f"{DDPStrategy.__module__}.{DDPStrategy.__qualname__}"})
     params, _, _ = signature_of(cfg._target_)
     context = {"device_type": trainer.get("accelerator", "auto"), "precision": str(trainer.get("precision"))}
     return instantiate(cfg, **{k: v for k, v in context.items() if k in params})

@@ -102,7 +102,7 @@ def prepare(argv: list[str]) -> DictConfig:
     from hydra.utils import instantiate
 
     from lightdist import run_dir as rd
-    from lightdist.checkpoints import checkpoint_kind
+    from lightdist.checkpoints import verify
     from lightdist.config.validate import check_targets
     from lightdist.data.base import ClassificationDataModule
     from lightdist.runs import find_checkpoint, is_run_dir
@@ -120,8 +120,13 @@ def prepare(argv: list[str]) -> DictConfig:
                           hint="pass run_dir=<a directory under outputs/ that holds config.yaml>")
     cfg = apply_overrides(rd.load_config(run_dir / rd.CONFIG_FILE), run_overrides)
     check_run_config(cfg, run_dir)
+    strategy = cfg.get("strategy") or {}
+    if strategy.get("start_method") in ("spawn", "fork", "forkserver"):
+        # Ranks started by multiprocessing keep their results in their own processes, and the
+        # report is built from rank 0's: evaluate with ranks started as processes of this command.
+        strategy.start_method = "popen"
     checkpoint = find_checkpoint(run_dir, options.ckpt).resolve()
-    checkpoint_kind(checkpoint)
+    verify(checkpoint)  # data only (weights_only=True), refused before any rank starts
     datamodule = instantiate(cfg.data)
     if not isinstance(datamodule, ClassificationDataModule):
         raise ConfigError(f"data {type(datamodule).__name__} has no labelled splits to evaluate")
