@@ -6,7 +6,7 @@
       run.json                command, git revision, versions, world size, one entry per segment
       checkpoints/            best-by-monitor and last.ckpt
       metrics.csv             CSV logger (tensorboard/, wandb/ when selected)
-      summary.json            final test metrics and where the best checkpoint is
+      summary.json            final test metrics and where the best checkpoint is (or where it diverged)
       confusion_matrix.png    test confusion matrix with class names
       learning_curves.png     loss and the monitored metric per epoch
       eval/<id>_<split>/      one folder per `lightdist eval` (report.json, report.md, figures)
@@ -15,6 +15,7 @@
 import json
 import os
 import platform
+import shlex
 import socket
 import subprocess
 import sys
@@ -123,3 +124,33 @@ def end_segment(run_dir: Path, **fields: Any) -> None:
         ended = time.time()
         update_segment(run_dir, ended=ended, wall_time_s=round(ended - record["segments"][-1]["started"], 3),
                        **fields)
+
+
+def shown_path(path: str | Path) -> str:
+    """A path as a user would type it: relative to the working directory when below it, shell-quoted."""
+    path = Path(path).resolve()
+    try:
+        path = path.relative_to(Path.cwd())
+    except ValueError:
+        pass
+    return shlex.quote(str(path))
+
+
+def describe(summary: dict[str, Any], next_commands: list[str]) -> str:
+    """The few lines printed at the end of a run: its result, where it is, what to run next."""
+    ended = "was preempted" if summary.get("preempted") else "was interrupted" if summary.get("interrupted") \
+        else "finished"
+    lines = [f"Run {ended} after {summary.get('epochs')} epoch(s), {summary.get('global_step')} step(s), "
+             f"{summary.get('wall_time_s')} s."]
+    rows = []
+    if summary.get("test"):
+        what = "best checkpoint" if summary.get("best_checkpoint") else "last weights"
+        rows.append((f"test ({what})", "  ".join(f"{k} {v:.4g}" for k, v in sorted(summary["test"].items()))))
+    rows.append(("run directory", shown_path(summary["run_dir"])))
+    if summary.get("best_checkpoint"):
+        score = summary.get("best_score")
+        rows.append(("best checkpoint", shown_path(summary["best_checkpoint"])
+                     + (f"  ({summary.get('monitor')} {score:.4g})" if score is not None else "")))
+    rows += [("next" if i == 0 else "", command) for i, command in enumerate(next_commands)]
+    width = max(len(label) for label, _ in rows)
+    return "\n".join(lines + [f"  {label:<{width}}  {value}" for label, value in rows])

@@ -39,6 +39,8 @@ def _overrides(run: Path) -> dict[str, str]:
 def _status(summary: dict[str, Any]) -> str:
     if not summary:
         return "failed"
+    if summary.get("diverged"):
+        return "diverged"
     if summary.get("pruned"):
         return "pruned"
     if summary.get("preempted"):

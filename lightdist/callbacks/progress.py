@@ -1,0 +1,100 @@
+"""Progress as plain lines, for output that is not a terminal (SLURM logs, CI, pipes).
+
+A live bar (Rich, TQDM) redraws one line with control characters: in a file it leaves either
+nothing readable or thousands of fragments. This bar prints a whole line now and then:
+
+    step 150/940  epoch 2/8  train/loss 0.4123  val/acc 0.8450  2210 samples/s  ETA 0:01:05
+
+build_callbacks keeps it instead of the live bar when stdout is not a terminal. As a
+ProgressBar it is what Lightning disables on ranks > 0 and with enable_progress_bar=false.
+"""
+
+import math
+import sys
+import time
+from datetime import timedelta
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.callbacks import ProgressBar
+
+from lightdist.callbacks import batch_size
+
+
+class LogProgress(ProgressBar):
+    def __init__(self, every_n_steps: int | None = 50, every_n_seconds: float | None = 60.0):
+        super().__init__()
+        if not every_n_steps and not every_n_seconds:
+            raise ValueError("callbacks.progress_log needs every_n_steps or every_n_seconds")
+        self.every_n_steps, self.every_n_seconds = every_n_steps, every_n_seconds
+        self._enabled = True
+        self._started_at = self._last_at = 0.0
+        self._start_step = self._last_step = 0
+        self._samples = 0
+        self._total: float = math.inf
+
+    @property
+    def is_enabled(self) -> bool:
+        return self._enabled
+
+    def disable(self) -> None:
+        self._enabled = False
+
+    def enable(self) -> None:
+        self._enabled = True
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._started_at = self._last_at = time.monotonic()
+        self._start_step = self._last_step = trainer.global_step  # a resumed run starts past 0
+        self._samples = 0
+        self._total = trainer.estimated_stepping_batches
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if not self._enabled:
+            return
+        self._samples += batch_size(batch)
+        now, step = time.monotonic(), trainer.global_step
+        if ((self.every_n_steps and step - self._last_step >= self.every_n_steps)
+                or (self.every_n_seconds and now - self._last_at >= self.every_n_seconds)):
+            self._emit(self._train_line(trainer, pl_module, now))
+            self._last_at, self._last_step, self._samples = now, step, 0
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self._enabled or trainer.sanity_checking or trainer.state.fn != "fit":
+            return
+        values = {k: v for k, v in trainer.callback_metrics.items() if k.startswith("val")}
+        self._emit(f"validation  epoch {trainer.current_epoch + 1}  {_format(values)}".rstrip())
+
+    def _train_line(self, trainer: L.Trainer, pl_module: L.LightningModule, now: float) -> str:
+        step, total = trainer.global_step, self._total
+        parts = [f"step {step}/{total}" if math.isfinite(total) else f"step {step}"]
+        epochs = trainer.max_epochs
+        parts.append(f"epoch {trainer.current_epoch + 1}/{epochs}" if epochs and epochs > 0
+                     else f"epoch {trainer.current_epoch + 1}")
+        metrics = {k: v for k, v in self.get_metrics(trainer, pl_module).items() if k != "v_num"}
+        loss = trainer.callback_metrics.get("train/loss")
+        if "train/loss" not in metrics and loss is not None:  # logged, but not for the bar (RL tasks)
+            metrics = {"train/loss": loss, **metrics}
+        if metrics:
+            parts.append(_format(metrics))
+        if now > self._last_at:  # this rank's samples; the ranks share the work evenly
+            parts.append(f"{self._samples * trainer.world_size / (now - self._last_at):.0f} samples/s")
+        steps_done = step - self._start_step
+        if steps_done > 0 and math.isfinite(total):
+            eta = (total - step) * (now - self._started_at) / steps_done
+            parts.append(f"ETA {timedelta(seconds=round(eta))}")
+        return "  ".join(parts)
+
+    def _emit(self, line: str) -> None:
+        print(line, file=sys.stdout, flush=True)
+
+
+def _format(values: dict[str, Any]) -> str:
+    out = []
+    for name, value in values.items():
+        try:
+            out.append(f"{name} {float(value):.4g}")
+        except (TypeError, ValueError):
+            out.append(f"{name} {value}")
+    return "  ".join(out)
