@@ -8,11 +8,12 @@ value of the wrong basic type (int, float, bool, str) is an error. The signature
 schema, so a new model or data module is validated without writing a schema for it.
 """
 
+import difflib
 import functools
 import inspect
 import types
 import typing
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from hydra.utils import get_object
@@ -103,7 +104,19 @@ def _matches(value: Any, hint: Any) -> bool:
 
 
 def _describe(hint: Any) -> str:
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):  # Optional[int] -> "int or None"
+        return " or ".join("None" if arm is type(None) else _describe(arm) for arm in typing.get_args(hint))
     return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
+def unknown_key(where: str, valid: Iterable[str], target: str | None = None) -> ConfigError:
+    """The error for key `where` (dotted) that is none of `valid`, with the nearest valid one as a guess."""
+    parent, _, key = where.rpartition(".")
+    valid = sorted(str(k) for k in valid)
+    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
+    guess = f"; did you mean {parent + '.' if parent else ''}{close[0]}?" if close else ""
+    return ConfigError(f"unknown key '{where}'{f' for {target}' if target else ''}{guess}",
+                       hint=f"valid keys {f'under {parent!r}' if parent else 'at the top level'}: {', '.join(valid)}")
 
 
 def check_targets(cfg: DictConfig) -> None:
@@ -117,10 +130,7 @@ def check_targets(cfg: DictConfig) -> None:
             if key not in params:
                 if var_kw:
                     continue
-                raise ConfigError(
-                    f"unknown key '{where}' for {target}",
-                    hint=f"valid keys under '{path}': {', '.join(sorted(params))}",
-                )
+                raise unknown_key(where, params, target)
             if OmegaConf.is_interpolation(node, key) or OmegaConf.is_missing(node, key):
                 continue
             value = node[key]

@@ -17,6 +17,9 @@ class DataModule(L.LightningDataModule):
     """
 
     FACTS: tuple[str, ...] = ()
+    # facts() is cheap once check_available() passed, and writes nothing: the preflight then
+    # builds the model with them, so that a value the model refuses ends before any run starts.
+    PREFLIGHT_FACTS: bool = False
 
     def facts(self) -> dict[str, Any]:
         """What models and tasks need to know about the data (num_classes, class_names, vocab_size, ...).

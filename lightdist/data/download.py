@@ -1,5 +1,6 @@
 """Find a dataset's canonical files under a data root, or download them (checksummed) when online."""
 
+import contextlib
 import hashlib
 import shutil
 import tempfile
@@ -54,18 +55,21 @@ def locate(
     after_download=None,
     download_key: str = "data.download",
 ) -> Path:
-    """The first of `root/<folder>` holding every required file; downloads into the first when missing.
+    """The first of `root/<folder>` (or `root` itself) holding every required file; else downloads into the first.
 
+    `root` may be the data folder (holding `<folder>/`) or the dataset's own folder. A failed
+    download leaves nothing behind: folders created for it are removed again.
     `after_download(folder)` turns downloaded archives into the required files (e.g. untar);
     `download_key` is the config key that switches downloads, for the error message.
     """
     root = Path(root).expanduser()
-    for folder in folders:
+    for folder in (*folders, ""):
         if all((root / folder / name).is_file() for name in required):
             return root / folder
     target = root / folders[0]
     why = f"downloads are off ({download_key}=false)"
     if allow_download:
+        created = [p for p in (target, *target.parents) if not p.exists()]
         try:
             for item in remote:
                 if not (target / item.name).is_file():
@@ -77,8 +81,11 @@ def locate(
             why = "the download did not contain the expected files"
         except OSError as exc:
             why = f"it could not be downloaded ({exc})"
+        for folder in created:  # innermost first; a folder that got files (a checked download) stays
+            with contextlib.suppress(OSError):
+                folder.rmdir()
     raise DataError(
         f"{dataset} not found under {root} and {why}",
         hint=f"put {', '.join(required)} in {target}, or point data.root / $LIGHTDIST_DATA at a folder "
-        f"holding {folders[0]}/",
+        f"holding {folders[0]}/ (or at that folder itself)",
     )

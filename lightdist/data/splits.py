@@ -2,6 +2,8 @@
 
 import numpy as np
 
+from lightdist.errors import ConfigError
+
 
 def stratified_split(labels: np.ndarray, holdout: int | float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(keep, holdout) index arrays; `holdout` is a count or a fraction of len(labels).
@@ -26,6 +28,15 @@ def stratified_split(labels: np.ndarray, holdout: int | float, seed: int) -> tup
         held.append(idx[:k])
         keep.append(idx[k:])
     return np.sort(np.concatenate(keep)), np.sort(np.concatenate(held))
+
+
+def holdout_count(holdout: int | float, n: int, key: str) -> int:
+    """The number of samples `holdout` (a count or a fraction) takes from `n`; refused unless some remain."""
+    count = int(round(holdout * n)) if isinstance(holdout, float) else int(holdout)
+    if not 0 <= count < n:
+        raise ConfigError(f"{key}={holdout} holds out {count} of the {n} training samples",
+                          hint=f"use {key} < {n} (a count) or a fraction such as {key}=0.1")
+    return count
 
 
 def stratified_subset(labels: np.ndarray, size: int | None, seed: int) -> np.ndarray:

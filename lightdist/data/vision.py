@@ -18,7 +18,7 @@ from lightdist.data import cifar, idx
 from lightdist.data.augment import ImageAugmentation
 from lightdist.data.base import ClassificationDataModule
 from lightdist.data.download import RemoteFile, locate
-from lightdist.data.splits import KFold, stratified_split, stratified_subset
+from lightdist.data.splits import KFold, holdout_count, stratified_split, stratified_subset
 from lightdist.errors import DataError
 
 
@@ -33,11 +33,16 @@ class VisionDataset:
     in_channels: int
     image_size: int
     num_classes: int
+    train_size: Callable[[Path], int]  # cheap: what data.val_size is checked against before a run
     after_download: Callable[[Path], None] | None = None
 
 
 def _idx_reader(folder: Path, train: bool):
     return idx.read_split(folder, "train" if train else "t10k")
+
+
+def _idx_train_size(folder: Path) -> int:
+    return len(idx.read_idx(folder / "train-labels-idx1-ubyte.gz"))
 
 
 def _idx_remote(base_url: str, *md5s: str) -> tuple[RemoteFile, ...]:
@@ -57,6 +62,7 @@ DATASETS: dict[str, VisionDataset] = {
         remote=_idx_remote(_FASHION, "8d4fb7e6c68d591d4c3dfef9ec88bf0d", "25c81989df183df01b3e8a0aad5dffbe",
                            "bef4ecab320f06d8554ea6380940ec79", "bb300cfdad3c16e7a12a480ee83cd310"),
         read=_idx_reader,
+        train_size=_idx_train_size,
         classes=("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
                  "Ankle boot"),
         in_channels=1, image_size=28, num_classes=10,
@@ -68,6 +74,7 @@ DATASETS: dict[str, VisionDataset] = {
         remote=_idx_remote(_MNIST, "f68b3c2dcbeaaa9fbdd348bbdeb94873", "d53e105ee54ea40749a09fcbcd1e9432",
                            "9fb629c4189551a2d022fa330f9573f3", "ec29112dd5afa0611ce80d1b7f02629c"),
         read=_idx_reader,
+        train_size=_idx_train_size,
         classes=tuple(str(d) for d in range(10)),
         in_channels=1, image_size=28, num_classes=10,
     ),
@@ -78,6 +85,7 @@ DATASETS: dict[str, VisionDataset] = {
         remote=(RemoteFile("cifar-10-python.tar.gz", _CIFAR + "cifar-10-python.tar.gz",
                            "c58f30108f718f92721af3b95e74349a"),),
         read=cifar.read_cifar10,
+        train_size=lambda folder: 50000,  # five canonical batches of 10000
         classes=cifar.cifar10_classes,
         in_channels=3, image_size=32, num_classes=10,
         after_download=cifar.extract_archive,
@@ -89,6 +97,7 @@ DATASETS: dict[str, VisionDataset] = {
         remote=(RemoteFile("cifar-100-python.tar.gz", _CIFAR + "cifar-100-python.tar.gz",
                            "eb9058c3a382ffc7106e4002c42a8d85"),),
         read=cifar.read_cifar100,
+        train_size=lambda folder: 50000,
         classes=cifar.cifar100_classes,
         in_channels=3, image_size=32, num_classes=100,
         after_download=cifar.extract_archive,
@@ -112,6 +121,7 @@ def channel_stats(images: np.ndarray, chunk: int = 8192) -> tuple[np.ndarray, np
 
 class VisionDataModule(ClassificationDataModule):
     FACTS = ("num_classes", "in_channels", "image_size", "class_names")
+    PREFLIGHT_FACTS = True
     def __init__(
         self,
         dataset: Literal["fashion_mnist", "mnist", "cifar10", "cifar100"],
@@ -164,7 +174,9 @@ class VisionDataModule(ClassificationDataModule):
         }
 
     def check_available(self) -> None:
-        self._locate(self.download)
+        folder = self._locate(self.download)
+        if not self.kfold:
+            holdout_count(self.val_size, self.spec.train_size(folder), "data.val_size")
 
     def prepare_data(self) -> None:
         self._locate(self.download)  # Lightning calls this on one process per node: downloads happen once
@@ -181,7 +193,8 @@ class VisionDataModule(ClassificationDataModule):
         if self.kfold:
             train_idx, val_idx = self.kfold.split(labels, self.split_seed)
         else:
-            train_idx, val_idx = stratified_split(labels, self.val_size, self.split_seed)
+            train_idx, val_idx = stratified_split(labels, holdout_count(self.val_size, len(labels), "data.val_size"),
+                                                  self.split_seed)
         train_idx = train_idx[stratified_subset(labels[train_idx], self.subsets["train"], self.split_seed)]
         val_idx = val_idx[stratified_subset(labels[val_idx], self.subsets["val"], self.split_seed)]
         test_idx = stratified_subset(test_labels, self.subsets["test"], self.split_seed)

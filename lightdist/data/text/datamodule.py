@@ -44,6 +44,8 @@ class TextDataModule(ClassificationDataModule):
     and label names are this module's state_dict, so checkpoints carry them.
     """
 
+    FACTS = ("vocab_size", "num_classes", "class_names", "pad_id", "max_length")
+
     def __init__(
         self,
         corpus: Corpus,
