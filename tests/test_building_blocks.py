@@ -1,5 +1,6 @@
 """Unit tests of the pieces the tasks are made of: splits, samplers, optimizer groups, schedules, models."""
 
+import lightning as L
 import numpy as np
 import pytest
 import torch
@@ -123,3 +124,41 @@ def test_augmentation_keeps_shapes_and_changes_pixels():
     y = aug(x)
     assert y.shape == x.shape and not torch.allclose(x, y)
     assert not ImageAugmentation().enabled
+
+
+class _PlanProbe(L.LightningModule):
+    """Records what a schedule would be given: plan_lengths(trainer) in configure_optimizers."""
+
+    def __init__(self):
+        super().__init__()
+        self.layer = torch.nn.Linear(2, 1)
+        self.plan = None
+
+    def training_step(self, batch, batch_idx):
+        return self.layer(batch[0]).sum()
+
+    def configure_optimizers(self):
+        from lightdist.tasks.schedules import plan_lengths
+
+        self.plan = plan_lengths(self.trainer)
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+@pytest.mark.parametrize("max_epochs, max_steps, plan", [(-1, 3, (3, 8)), (2, -1, (16, 8)), (-1, -1, None)])
+def test_schedule_plan_lengths_for_every_way_of_ending_a_run(max_epochs, max_steps, plan, tmp_path):
+    """trainer.max_epochs=-1 with max_steps set used to crash the schedule (an infinite batch count)."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from lightdist.errors import ConfigError
+
+    probe = _PlanProbe()
+    trainer = L.Trainer(max_epochs=max_epochs, max_steps=max_steps, accelerator="cpu", logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        default_root_dir=tmp_path)
+    data = DataLoader(TensorDataset(torch.randn(16, 2)), batch_size=2)  # 8 batches an epoch
+    if plan is None:
+        with pytest.raises(ConfigError, match="trainer.max_steps"):
+            trainer.fit(probe, data)
+        return
+    trainer.fit(probe, data)
+    assert probe.plan == plan

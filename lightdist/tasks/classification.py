@@ -6,7 +6,6 @@ matrix at the end of test, optimizer groups, schedules) lives here once.
 """
 
 import dataclasses
-import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
@@ -19,6 +18,7 @@ from torchmetrics.classification import MulticlassConfusionMatrix
 
 from lightdist.tasks.metrics import classification_metrics, save_confusion_matrix
 from lightdist.tasks.optim import build_optimizer
+from lightdist.tasks.schedules import plan_lengths
 from lightdist.tasks.transfer import (
     BackboneFreeze,
     Distillation,
@@ -218,7 +218,6 @@ class ClassificationTask(L.LightningModule):
                                     lr_factor=self.backbone_lr_factor, include_frozen=self.freeze_backbone_epochs > 0)
         if self.scheduler_factory is None:
             return optimizer
-        total = int(self.trainer.estimated_stepping_batches)  # also sets num_training_batches (per rank)
-        steps_per_epoch = max(1, math.ceil(self.trainer.num_training_batches / self.trainer.accumulate_grad_batches))
+        total, steps_per_epoch = plan_lengths(self.trainer)
         return {"optimizer": optimizer,
                 "lr_scheduler": self.scheduler_factory(optimizer, total_steps=total, steps_per_epoch=steps_per_epoch)}

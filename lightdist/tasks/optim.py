@@ -6,6 +6,7 @@ from functools import partial
 import torch
 from torch import nn
 
+from lightdist.config.building import building
 from lightdist.errors import ConfigError
 
 _NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm, nn.RMSNorm)
@@ -58,4 +59,6 @@ def build_optimizer(factory: Callable[..., torch.optim.Optimizer], module: nn.Mo
     if scaled and lr_factor != 1.0 and lr is None:
         raise ConfigError("a backbone learning-rate factor needs the optimizer's lr in its config",
                           hint="set optimizer.lr")
-    return factory(param_groups(module, weight_decay, scaled, lr, lr_factor, include_frozen))
+    groups = param_groups(module, weight_decay, scaled, lr, lr_factor, include_frozen)
+    with building("optimizer", factory):  # a refused value (lr=-1) names optimizer.<key>
+        return factory(groups)

@@ -22,6 +22,7 @@ from torchmetrics.aggregation import CatMetric, MeanMetric
 
 from lightdist.errors import ConfigError
 from lightdist.tasks.optim import build_optimizer
+from lightdist.tasks.schedules import plan_lengths
 
 
 def epsilon_at(step: int, start: float, end: float, decay_steps: int,
@@ -239,8 +240,7 @@ class DQNTask(L.LightningModule):
         optimizer = build_optimizer(self.optimizer_factory, self.q_net)
         if self.scheduler_factory is None:
             return optimizer
-        total = int(self.trainer.estimated_stepping_batches)
-        steps_per_epoch = max(1, math.ceil(self.trainer.num_training_batches / self.trainer.accumulate_grad_batches))
+        total, steps_per_epoch = plan_lengths(self.trainer)
         return {"optimizer": optimizer,
                 "lr_scheduler": self.scheduler_factory(optimizer, total_steps=total, steps_per_epoch=steps_per_epoch)}
 

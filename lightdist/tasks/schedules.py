@@ -17,6 +17,8 @@ from typing import Literal
 
 from torch.optim.lr_scheduler import LambdaLR, ReduceLROnPlateau
 
+from lightdist.errors import ConfigError
+
 
 def _warmup_steps(warmup_steps: int, warmup_epochs: float, steps_per_epoch: int) -> int:
     return max(int(warmup_steps), int(round(warmup_epochs * steps_per_epoch)))
@@ -88,3 +90,21 @@ def plateau(optimizer, total_steps: int, steps_per_epoch: int, monitor: str = "v
     """Reduce on plateau of a validation metric, checked after each validation (no warmup: it reacts, not plans)."""
     sched = ReduceLROnPlateau(optimizer, mode=mode, factor=factor, patience=patience, min_lr=min_lr)
     return {"scheduler": sched, "interval": "epoch", "monitor": monitor, "strict": True}
+
+
+def plan_lengths(trainer) -> tuple[int, int]:
+    """(optimizer steps of the whole run, optimizer steps per epoch) for a schedule, from the trainer.
+
+    Lightning skips loading the training data when trainer.max_epochs=-1 and max_steps is set,
+    leaving the number of batches per epoch unknown: the data is set up here to count them.
+    """
+    total = trainer.estimated_stepping_batches  # also counts the training batches (per rank)
+    if not math.isfinite(total):
+        raise ConfigError("the learning-rate schedule needs the length of the run, but trainer.max_epochs=-1 "
+                          "and trainer.max_steps=-1 train forever",
+                          hint="set trainer.max_steps (or trainer.max_epochs), or use scheduler=none")
+    if not math.isfinite(trainer.num_training_batches):
+        trainer.fit_loop.setup_data()
+    batches = trainer.num_training_batches
+    per_epoch = math.ceil(batches / trainer.accumulate_grad_batches) if math.isfinite(batches) else int(total)
+    return int(total), max(1, per_epoch)
