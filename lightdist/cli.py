@@ -11,6 +11,7 @@ checked once (preflight), so a typo ends in one line naming the fix and leaves n
 behind.
 """
 
+import difflib
 import os
 import sys
 from collections.abc import Callable
@@ -18,9 +19,15 @@ from pathlib import Path
 from typing import Any
 
 from lightdist.config import config_dir, resolvers
-from lightdist.distributed.launch import announce_job_config, child_job_config, isolated_job
+from lightdist.distributed.launch import (
+    announce_job_config,
+    child_job_config,
+    isolated_job,
+    rank_failure,
+    rank_log,
+)
 from lightdist.distributed.ranks import is_rank_zero
-from lightdist.errors import ConfigError, LightdistError
+from lightdist.errors import ConfigError, LightdistError, error_line
 from lightdist.sweeps import FOLD_KEY
 
 # Hydra flags followed by a value (the rest are switches or `key=value` overrides).
@@ -31,7 +38,7 @@ _NO_PREFLIGHT = {"-h", "--help", "--hydra-help", "--version", "-i", "--info", "-
 
 
 def _fail(message: str, code: int = 2) -> None:
-    print(f"lightdist: error: {message}", file=sys.stderr)
+    print(error_line(message), file=sys.stderr)
     raise SystemExit(code)
 
 
@@ -47,12 +54,9 @@ def _user_error(exc: BaseException) -> str | None:
     else:  # nothing of Lightning ran yet, so none of its errors can be here (and importing it costs seconds)
         MisconfigurationException = LightdistError
     if isinstance(exc, InstantiationException):
-        cause = exc.__cause__
-        if isinstance(cause, LightdistError):
-            return str(cause)
-        first = str(exc).strip().splitlines()
-        detail = f": {cause}" if isinstance(cause, (ValueError, TypeError, MisconfigurationException)) else ""
-        return (first[0] if first else "could not build an object from the config") + detail
+        from lightdist.config.building import explain
+
+        return str(explain(exc))  # names the node (full_key), its target and the key to check
     if isinstance(exc, MisconfigurationException):
         return str(exc).strip().splitlines()[0]
     if isinstance(exc, (HydraException, OmegaConfBaseException)):
@@ -69,7 +73,8 @@ def guarded(fn: Callable[..., Any], *args: Any) -> Any:
         if message is None or os.environ.get("LIGHTDIST_DEBUG"):
             raise
         ours = isinstance(exc, LightdistError) or isinstance(exc.__cause__, LightdistError)
-        _fail(message if ours else message + "  [set LIGHTDIST_DEBUG=1 for the traceback]")
+        _fail(message if ours else message + "  [set LIGHTDIST_DEBUG=1 for the traceback]",
+              getattr(exc, "exit_code", 2))
 
 
 def split_args(argv: list[str]) -> tuple[list[str], list[str]]:
@@ -114,31 +119,63 @@ def _first_point(overrides: list[str]) -> list[str]:
     return point
 
 
-def compose(overrides: list[str], config_name: str = "config"):
+def compose(overrides: list[str], config_name: str = "config", notes: list | None = None):
+    """The config a job with these overrides runs, adapted to its group choices as the job adapts it
+    (lightdist.config.groups); what was adapted is appended to `notes` as (log level, message)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
+    from lightdist.config.groups import adapt_composed
+
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        return hydra_compose(config_name=config_name, overrides=overrides)
+        cfg = hydra_compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
+    return adapt_composed(cfg, config_name, notes)
 
 
-def compose_checked(overrides: list[str], config_name: str = "config"):
+def compose_checked(overrides: list[str], config_name: str = "config", notes: list | None = None):
     """compose(), with Hydra's composition errors (an unknown group option, a bad override) as one ConfigError."""
     from hydra.errors import ConfigCompositionException, MissingConfigException
 
     try:
-        return compose(overrides, config_name)
+        return compose(overrides, config_name, notes)
     except MissingConfigException as exc:
         raise ConfigError(_explain_missing_config(exc)) from exc
     except ConfigCompositionException as exc:
         cause = exc.__cause__
         if isinstance(cause, MissingConfigException):
             raise ConfigError(_explain_missing_config(cause)) from exc
-        detail = str(cause).splitlines()[0] if cause is not None else ""
-        head = str(exc).splitlines()[0]
-        raise ConfigError(f"{head} {detail}".strip()) from exc
+        unknown = _unknown_override(cause)
+        if unknown is not None:
+            raise unknown from exc
+        detail = f"({str(cause).splitlines()[0]})" if cause is not None else ""
+        raise ConfigError(" ".join([*str(exc).split(), detail]).strip()) from exc
+
+
+def _unknown_override(cause) -> ConfigError | None:
+    """`a.b=1` for a key `b` that node `a` lacks: the valid keys there and the nearest one.
+
+    A key the node's target accepts but the config leaves out is not unknown: Hydra's own
+    message (add it with `+a.b=1`) says the fix.
+    """
+    from omegaconf import DictConfig
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError
+
+    from lightdist.config.validate import signature_of, unknown_key
+
+    parent = getattr(cause, "parent_node", None)
+    if not isinstance(cause, (ConfigAttributeError, ConfigKeyError)) or not isinstance(parent, DictConfig) \
+            or not getattr(cause, "full_key", None):
+        return None
+    valid = set(parent.keys()) - {"_target_", "_partial_", "_recursive_", "_convert_", "_args_"}
+    target = parent._get_node("_target_")._value() if "_target_" in parent else None
+    if target:
+        params, _, _ = signature_of(str(target))
+        if cause.key in params:
+            return None
+        valid |= set(params)  # the rest can be added with `+`
+    return unknown_key(str(cause.full_key), valid)
 
 
 def _explain_missing_config(exc) -> str:
@@ -232,35 +269,106 @@ def check_wiring(cfg) -> None:
                 f"{group} {node._target_.rsplit('.', 1)[-1]} needs {', '.join(missing)}, which neither its "
                 f"config nor data {cfg.data._target_.rsplit('.', 1)[-1]} (facts: {', '.join(sorted(facts))}) provides",
                 hint="pick a model/task that fits the data, e.g. with an experiment (+experiment=...)")
+    # A model whose every argument has a default (an image CNN) still has to read these inputs:
+    # it takes at least one of the facts that describe them (not the labels, which any model has).
+    inputs = sorted(facts - _LABEL_FACTS)
+    model = cfg.get("model")
+    if inputs and model and "_target_" in model and not set(signature_of(model._target_)[0]) & set(inputs):
+        raise ConfigError(
+            f"model {model._target_.rsplit('.', 1)[-1]} is not built for the inputs of data "
+            f"{cfg.data._target_.rsplit('.', 1)[-1]}: it takes none of {', '.join(inputs)}",
+            hint="pick a model/task that fits the data, e.g. with an experiment (+experiment=...)")
 
 
-def check_data(cfg) -> None:
-    """The dataset is there (or downloadable): building the data module and asking for its facts finds out."""
+# Facts about the labels (or actions), which models of any kind of input take.
+_LABEL_FACTS = {"num_classes", "class_names", "num_actions"}
+
+
+def _outside_job(cfg):
+    """A copy of cfg that resolves before Hydra runs: ${hydra:runtime.output_dir} becomes the planned run dir."""
     import copy
 
+    cfg = copy.deepcopy(cfg)
+    cfg.paths.output_dir = str(planned_run_dir(cfg))
+    return cfg
+
+
+def check_data(cfg):
+    """The dataset is there (or downloadable) and its splits fit: building the data module finds out.
+
+    Returns the data module."""
     from hydra.utils import instantiate
 
-    cfg = copy.deepcopy(cfg)
-    # ${hydra:runtime.output_dir} resolves only inside the Hydra job; data configs may name files in it.
-    cfg.paths.output_dir = str(planned_run_dir(cfg))
-    instantiate(cfg.data).check_available()
+    from lightdist.config.building import building
+
+    cfg = _outside_job(cfg)
+    with building("data", cfg.data):
+        datamodule = instantiate(cfg.data)
+        datamodule.check_available()
+    return datamodule
+
+
+# Optimizers built on a probe before the run: torch's and lightdist's are cheap to build anywhere
+# (others may compile kernels or need a GPU: those are built by the run only).
+_PROBED_OPTIMIZERS = ("torch.optim.", "lightdist.")
+
+
+def check_builds(cfg, datamodule=None) -> None:
+    """Build what the run builds from the config and is cheap to build, so that a refused value
+    (optimizer.lr=-1, a scheduler's factor) ends here, before any run directory exists.
+
+    The optimizer is built on a one-layer probe and the scheduler on that optimizer; every
+    callback and logger is built as configured. The model needs the data's facts: it is built
+    when the data module says they are cheap (PREFLIGHT_FACTS); else, as for the task, its
+    arguments are checked by check_wiring only.
+    """
+    import torch
+    from hydra.utils import instantiate
+
+    from lightdist.config.building import building
+    from lightdist.tasks.optim import build_optimizer
+
+    cfg = _outside_job(cfg)
+    if datamodule is not None and getattr(datamodule, "PREFLIGHT_FACTS", False) and cfg.get("model"):
+        from lightdist.train import instantiate_with_facts
+
+        instantiate_with_facts(cfg.model, datamodule.facts())
+    for group in ("callbacks", "logger"):
+        for name, node in (cfg.get(group) or {}).items():
+            if not node:
+                continue
+            if "_target_" not in node:
+                raise ConfigError(f"{group}.{name} has no _target_: {node}",
+                                  hint=f"give {group}.{name}._target_ (a class), or drop it with {group}.{name}=null")
+            with building(f"{group}.{name}", node):
+                instantiate(node)
+    with building("optimizer", cfg.optimizer):
+        factory = instantiate(cfg.optimizer)
+    if not str(cfg.optimizer._target_).startswith(_PROBED_OPTIMIZERS):
+        return
+    optimizer = build_optimizer(factory, torch.nn.Linear(1, 1))
+    if cfg.get("scheduler"):
+        with building("scheduler", cfg.scheduler):
+            instantiate(cfg.scheduler)(optimizer, total_steps=100, steps_per_epoch=10)
 
 
 def preflight(overrides: list[str], config_name: str = "config", with_data: bool = True,
-              allocation: dict | None = None):
+              allocation: dict | None = None, notes: list | None = None):
     point = _first_point(overrides)
-    cfg = compose_checked(point, config_name)
+    cfg = compose_checked(point, config_name, notes)
     base = compose([], config_name)
     unknown = sorted(set(cfg.keys()) - set(base.keys()))
     if unknown:
-        raise ConfigError(f"unknown top-level key(s): {', '.join(unknown)}",
+        close = difflib.get_close_matches(unknown[0], list(base.keys()), n=1)
+        raise ConfigError(f"unknown top-level key(s): {', '.join(unknown)}"
+                          + (f"; did you mean {close[0]}?" if close else ""),
                           hint=f"top-level keys: {', '.join(sorted(base.keys()))}")
     # data.kfold.k alone becomes one job per fold: check the first of them.
     checked = compose([*point, f"{FOLD_KEY}=0"], config_name) if _unswept_folds(cfg, point) else cfg
     check_config(checked, allocation=allocation)
     check_wiring(checked)
-    if with_data:
-        check_data(checked)
+    datamodule = check_data(checked) if with_data else None
+    check_builds(checked, datamodule)
     return cfg
 
 
@@ -272,10 +380,13 @@ def run_job(cfg) -> Any:
 
     from lightdist import run_dir as rd
     from lightdist import train
+    from lightdist.callbacks.divergence import Diverged
+    from lightdist.config.groups import adapt_job
     from lightdist.distributed.preemption import requeue_slurm_job
 
     with isolated_job():
         run_dir = Path(HydraConfig.get().runtime.output_dir)
+        adapt_job(cfg)  # group switches on top of an experiment, as the preflight saw them
         cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
         check_config(cfg, run_dir)
         if is_rank_zero():
@@ -285,10 +396,18 @@ def run_job(cfg) -> Any:
         status, summary = "failed", None
         try:
             summary = train.run(cfg, run_dir)
-            status = ("requeued" if summary["preempted"] else "interrupted" if summary["interrupted"]
-                      else "completed")
+            status = ("diverged" if summary.get("diverged") else "requeued" if summary["preempted"]
+                      else "interrupted" if summary["interrupted"] else "completed")
+        except Diverged:  # a single run; in a multirun the summary says so and the sweep goes on
+            status = "diverged"
+            raise
         except SystemExit:  # Lightning's SIGTERM exit: preempted, or requeued by SLURM
             status = "terminated"
+            raise
+        except Exception as exc:  # a rank that died shows here as gloo/NCCL's error in a collective
+            instead = None if isinstance(exc, LightdistError) else rank_failure(exc, run_dir)
+            if instead is not None:
+                raise instead from exc
             raise
         finally:
             if is_rank_zero():
@@ -296,7 +415,7 @@ def run_job(cfg) -> Any:
         if status == "requeued" and is_rank_zero() and cfg.get("preemption", {}).get("requeue", True):
             requeue_slurm_job()  # last: the requeue terminates this job's processes
         metric = cfg.get("optimized_metric")
-        if not metric:
+        if not metric or status == "diverged":  # a diverged trial has no value (the sweeper fails it)
             return None
         from lightdist.sweeps.summary import objective
 
@@ -367,14 +486,39 @@ def run_child(config_path: Path) -> None:
     """
     from lightdist import run_dir as rd
     from lightdist import train
+    from lightdist.distributed.strategy import exit_rank, release_process_group_at_exit
 
+    release_process_group_at_exit()  # any strategy: its process group must not outlive the interpreter
     cfg = rd.load_config(config_path)
+    _log_to_rank_file(cfg)
     if "eval" in cfg:
         from lightdist.evaluation.command import evaluate
 
         evaluate(cfg)
-        return
-    train.run(cfg, Path(cfg.paths.output_dir))
+    else:
+        train.run(cfg, Path(cfg.paths.output_dir))
+    exit_rank(0)  # no interpreter finalization for C++ threads to abort in (see exit_rank)
+
+
+def _log_to_rank_file(cfg) -> None:
+    """This rank's own log in the run directory (named when the rank dies): its library logs and its errors."""
+    import logging
+
+    from lightdist.distributed.strategy import processes_per_node
+
+    rank = int(os.environ.get("NODE_RANK", 0)) * processes_per_node(cfg.trainer) + int(os.environ["LOCAL_RANK"])
+    handler = logging.FileHandler(rank_log(cfg.paths.output_dir, rank))
+    handler.setFormatter(logging.Formatter(f"[%(asctime)s][rank {rank}][%(name)s][%(levelname)s] %(message)s"))
+    logging.getLogger().setLevel(logging.INFO)
+    for name in ("", "lightning.pytorch", "lightning.fabric"):  # Lightning's loggers do not propagate
+        logging.getLogger(name).addHandler(handler)
+    excepthook = sys.excepthook
+
+    def log_then_print(kind, value, tb):
+        logging.getLogger("lightdist").error("rank %d failed", rank, exc_info=(kind, value, tb))
+        excepthook(kind, value, tb)
+
+    sys.excepthook = log_then_print
 
 
 def preflight_command(argv: list[str]) -> None:
@@ -395,7 +539,10 @@ def preflight_command(argv: list[str]) -> None:
     config_name = _flag_value(flags, "-cn", "--config-name") or "config"
     points = guarded(sweep_points, overrides)  # a sweep: every point must pass
     for point in points:
-        cfg = guarded(preflight, point, config_name, True, allocation)
+        notes: list = []
+        cfg = guarded(preflight, point, config_name, True, allocation, notes)
+        for _, note in notes:
+            print(f"note: {note}")
         data = cfg.data.get("dataset") or cfg.data._target_.rsplit(".", 1)[-1]
         print(f"ok: {' '.join(point) or '(defaults)'}: data={data} model={cfg.model._target_.rsplit('.', 1)[-1]} "
               f"trainer.accelerator={cfg.trainer.accelerator} devices={cfg.trainer.devices} "
@@ -509,8 +656,22 @@ def main(argv: list[str] | None = None) -> None:
         return
     if argv and argv[0] in COMMANDS:
         COMMANDS[argv[0]](argv[1:])
-        return
-    train_command(argv)
+    else:
+        train_command(argv)
+    _exit_if_distributed()
+
+
+def _exit_if_distributed() -> None:
+    """A process that ran a process group (rank 0 of a job, or a rank started by srun/torchrun)
+    ends as Lightning's children do (exit_rank): the group's C++ threads may outlive it, and
+    interpreter finalization could abort in one of them."""
+    from lightdist.distributed import launch
+
+    dist = sys.modules.get("torch.distributed")
+    if launch.ran_process_group or (dist is not None and dist.is_available() and dist.is_initialized()):
+        from lightdist.distributed.strategy import exit_rank
+
+        exit_rank(0)
 
 
 if __name__ == "__main__":

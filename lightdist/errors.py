@@ -1,6 +1,11 @@
 """User-facing errors: one clear line with the fix, printed by the CLI without a traceback."""
 
 
+def error_line(message: str) -> str:
+    """How every user-facing error is printed: one line, whatever line breaks the message has."""
+    return "lightdist: error: " + " ".join(line.strip() for line in str(message).splitlines() if line.strip())
+
+
 class LightdistError(Exception):
     """An error the user can fix. `hint` says how."""
 
@@ -25,3 +30,9 @@ class DataError(LightdistError):
 
 class CheckpointError(LightdistError):
     """A checkpoint that is missing or unreadable."""
+
+
+class RankFailed(LightdistError):
+    """Another process of a distributed job died: not the user's typo, but one line naming it."""
+
+    exit_code = 1

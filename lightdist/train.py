@@ -3,6 +3,7 @@ rank 0 calls this from the Hydra job, ranks > 0 started by Lightning call it fro
 saved config, and tests may call it directly."""
 
 import logging
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -16,10 +17,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from lightdist import run_dir as rd
 from lightdist.callbacks.continuity import RunContinuity
+from lightdist.callbacks.divergence import Diverged
+from lightdist.callbacks.progress import LogProgress
 from lightdist.callbacks.timing import StepClock
 from lightdist.checkpoints import load_consolidated, resolve_ckpt_path
+from lightdist.config.building import building
 from lightdist.config.validate import accepted_kwargs
 from lightdist.distributed.cluster import cluster_plugins
+from lightdist.distributed.launch import watch_ranks
 from lightdist.distributed.memory import ModelStateSize
 from lightdist.distributed.preemption import Preempted, PreemptionHandler
 from lightdist.distributed.sharding import check_module, needs_consolidated_weights
@@ -34,10 +39,22 @@ log = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", message="Experiment logs directory .* exists and is not empty")
 
 
+class _NoAdvertising(logging.Filter):
+    """Lightning (>= 2.6) advertises its cloud services (litlogger, litmodels) when a Trainer is built."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("\N{ELECTRIC LIGHT BULB} Tip:")
+
+
+for _name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+    logging.getLogger(_name).addFilter(_NoAdvertising())
+
+
 def instantiate_with_facts(node: DictConfig, facts: dict[str, Any], **kwargs: Any) -> Any:
     """Instantiate `node`, passing the data facts (num_classes, vocab_size...) its target accepts."""
     # _convert_="all": plain lists/dicts, so hyperparameters saved in checkpoints hold no OmegaConf types.
-    return instantiate(node, **accepted_kwargs(node._target_, facts), **kwargs, _convert_="all")
+    with building(str(node._key()), node):  # a refused value names model.<key> / task.<key>
+        return instantiate(node, **accepted_kwargs(node._target_, facts), **kwargs, _convert_="all")
 
 
 def build_task(cfg: DictConfig, facts: dict[str, Any]) -> L.LightningModule:
@@ -52,8 +69,7 @@ def build_callbacks(cfg: DictConfig, has_logger: bool) -> list[L.Callback]:
     # Not optional: resumed runs must not duplicate logged steps; the summary reports start-up time.
     callbacks += [RunContinuity(), StepClock(), ModelStateSize()]
     if cfg.get("preemption"):
-        p = cfg.preemption
-        callbacks.append(PreemptionHandler(p.signal, p.check_every_n_steps))
+        callbacks.append(PreemptionHandler.from_config(cfg.preemption))
     trial = cfg.get("search_trial") or {}
     if trial.get("trial_id") is not None:  # an Optuna trial launched with a pruner
         from lightdist.callbacks.optuna_pruning import OptunaPruning
@@ -62,6 +78,10 @@ def build_callbacks(cfg: DictConfig, has_logger: bool) -> list[L.Callback]:
     # Callbacks that only make sense with what was switched off are dropped rather than refused.
     if not cfg.trainer.get("enable_progress_bar", True):
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
+    elif sum(isinstance(c, ProgressBar) for c in callbacks) > 1:
+        # A live bar needs a terminal; in a file or a pipe (SLURM, CI) progress comes as lines.
+        lines = not sys.stdout.isatty()
+        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar) or isinstance(c, LogProgress) == lines]
     if not has_logger:
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     return callbacks
@@ -87,8 +107,30 @@ def _metrics(values: dict[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in values.items() if isinstance(v, (int, float, torch.Tensor))}
 
 
+def _in_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def _next_commands(task: L.LightningModule, facts: dict[str, Any], run_dir: Path, best: str) -> list[str]:
+    """What to run on this run next (lightdist eval and predict take classification runs)."""
+    from lightdist.tasks.classification import ClassificationTask
+
+    if not isinstance(task, ClassificationTask):
+        return []
+    where = f"run_dir={rd.shown_path(run_dir)}" + ("" if best else " ckpt=last")
+    example = "text='...'" if "vocab_size" in facts else "image=<file>"
+    return [f"lightdist eval {where}", f"lightdist predict {where} {example}"]
+
+
 def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
-    """Train (and test) what `cfg` describes; returns the summary (rank 0 also writes it)."""
+    """Train (and test) what `cfg` describes; returns the summary (rank 0 also writes it).
+
+    A diverged run raises Diverged after its summary is written (rank 0; the other ranks exit
+    with the same code, silently), except in a multirun, where the sweep goes on.
+    """
     started = time.time()
     threads = configure_threads(cfg.threads_per_rank, processes_per_node(cfg.trainer))
     if cfg.get("matmul_precision"):
@@ -100,6 +142,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     task = build_task(cfg, facts)
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), run_dir)
     trainer = build_trainer(cfg, run_dir)
+    watch_ranks(trainer, run_dir)  # a rank > 0 that dies is named in one line
     check_module(trainer.strategy, task)
     if trainer.is_global_zero:
         hparams = OmegaConf.to_container(cfg, resolve=True)
@@ -107,25 +150,48 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             logger.log_hyperparams(hparams)
 
     try:
-        preempted = False
+        preempted, diverged = False, None
         try:
-            trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path)
+            # weights_only: checkpoints are data (resolve_ckpt_path verified it), whatever TORCH_FORCE_* says
+            trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
         except Preempted as exc:
             log.info(str(exc))
             preempted = True
+        except Diverged as exc:  # every rank, same step; fit is interrupted, so no test below
+            diverged = exc
         validation = _metrics({k: v for k, v in trainer.callback_metrics.items() if k.startswith("val/")})
         test_metrics: dict[str, float] = {}
         checkpoint = trainer.checkpoint_callback
         best = checkpoint.best_model_path if isinstance(checkpoint, ModelCheckpoint) else ""
         if cfg.get("test_after_fit", True) and not trainer.interrupted and not preempted:
-            # The best checkpoint is loaded into a freshly built task: sharded strategies (FSDP)
-            # wrap the module again for evaluation, which a module already sharded by fit breaks.
-            test_task, test_ckpt = (build_task(cfg, facts), best) if best else (task, None)
-            if best and needs_consolidated_weights(trainer.strategy):
-                test_task.load_state_dict(load_consolidated(best)["state_dict"])
+            import shutil
+
+            from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
+
+            from lightdist.checkpoints import CHECKPOINT_DIR
+
+            # The best checkpoint is loaded into a freshly built task: sharded strategies (FSDP,
+            # DeepSpeed) wrap the module again for evaluation, which a module already sharded by fit
+            # breaks. A sharded run that ended before its first best checkpoint saves its final
+            # weights now (every rank its shard), to be tested the same way and removed afterwards.
+            final = ""
+            if not best and isinstance(trainer.strategy, (FSDPStrategy, DeepSpeedStrategy)):
+                final = str(run_dir / CHECKPOINT_DIR / "final-weights.ckpt")
+                trainer.save_checkpoint(final, weights_only=True)
+            tested = best or final
+            test_task, test_ckpt = (build_task(cfg, facts), tested) if tested else (task, None)
+            if tested and needs_consolidated_weights(trainer.strategy):
+                test_task.load_state_dict(load_consolidated(tested)["state_dict"])
                 test_ckpt = None
-            results = trainer.test(test_task, datamodule=datamodule, ckpt_path=test_ckpt, verbose=False)
+            results = trainer.test(test_task, datamodule=datamodule, ckpt_path=test_ckpt, verbose=False,
+                                   weights_only=True)
             test_metrics = _metrics(results[0]) if results else {}
+            if final:
+                trainer.strategy.barrier()  # every rank has loaded it
+                if trainer.is_global_zero and Path(final).is_dir():
+                    shutil.rmtree(final)
+                elif trainer.is_global_zero:
+                    Path(final).unlink(missing_ok=True)
         clock = next(c for c in trainer.callbacks if isinstance(c, StepClock))
         summary = {
             "name": cfg.get("name"),
@@ -140,7 +206,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             "epochs": trainer.current_epoch,
             "world_size": trainer.world_size,
             "threads_per_rank": threads,
-            "interrupted": trainer.interrupted,
+            "interrupted": trainer.interrupted and diverged is None,
+            "diverged": diverged.record() if diverged else None,
             "preempted": preempted,
             "pruned": any(getattr(c, "pruned_at_step", None) is not None for c in trainer.callbacks),
             "wall_time_s": round(time.time() - started, 2),
@@ -153,7 +220,16 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             summary["peak_gpu_memory_bytes"] = torch.cuda.max_memory_allocated()
         if trainer.is_global_zero:
             rd.write_json(run_dir / rd.SUMMARY_FILE, summary)
+            if diverged is None:
+                print(rd.describe(summary, _next_commands(task, facts, run_dir, best)), flush=True)
         summary["callback_metrics"] = _metrics(trainer.callback_metrics)
+        if diverged is not None:
+            if _in_multirun():
+                log.warning(str(diverged))
+            elif trainer.is_global_zero:
+                raise diverged
+            else:
+                raise SystemExit(diverged.exit_code)  # rank 0 alone prints the one line
         return summary
     finally:
         if trainer.is_global_zero:
