@@ -63,3 +63,15 @@ def read_summary(run_dir: Path) -> dict:
 @pytest.fixture
 def workdir(tmp_path: Path) -> Path:
     return tmp_path
+
+
+# The slowest files first (seconds of one worker, measured): pytest-xdist hands whole files to
+# workers in collection order, so a long file collected last would run alone at the end.
+SLOW_FIRST = ["test_slurm.py", "test_strategies.py", "test_group_switching.py", "test_e2e_image.py",
+              "test_optimize.py", "test_transfer.py", "test_sweeps.py", "test_cli_errors.py", "test_e2e_rl.py",
+              "test_e2e_text.py", "test_eval.py"]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(SLOW_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(SLOW_FIRST)))  # stable: order within a file kept

@@ -158,7 +158,8 @@ class PreemptionHandler(L.Callback):
         partial = path.with_name(f"{path.name}.partial")
         self._saving = True
         try:
-            trainer.save_checkpoint(partial)  # collective for sharded strategies; ends with a barrier
+            # the full state (optimizer, loops) to resume from; collective for sharded strategies, ends with a barrier
+            trainer.save_checkpoint(partial, weights_only=False)
         finally:
             self._saving = False
         if trainer.is_global_zero:
