@@ -27,7 +27,7 @@ from lightdist.distributed.launch import (
     rank_log,
 )
 from lightdist.distributed.ranks import is_rank_zero
-from lightdist.errors import ConfigError, LightdistError, error_line
+from lightdist.errors import ConfigError, LightdistError, error_line, one_line
 from lightdist.sweeps import FOLD_KEY
 
 # Hydra flags followed by a value (the rest are switches or `key=value` overrides).
@@ -60,7 +60,7 @@ def _user_error(exc: BaseException) -> str | None:
     if isinstance(exc, MisconfigurationException):
         return str(exc).strip().splitlines()[0]
     if isinstance(exc, (HydraException, OmegaConfBaseException)):
-        return " ".join(line.strip() for line in str(exc).strip().splitlines() if line.strip())
+        return one_line(exc)
     return None
 
 

@@ -1,9 +1,14 @@
 """User-facing errors: one clear line with the fix, printed by the CLI without a traceback."""
 
 
+def one_line(text: object) -> str:
+    """`text` with its line breaks (and the blank lines between them) folded into single spaces."""
+    return " ".join(line.strip() for line in str(text).splitlines() if line.strip())
+
+
 def error_line(message: str) -> str:
     """How every user-facing error is printed: one line, whatever line breaks the message has."""
-    return "lightdist: error: " + " ".join(line.strip() for line in str(message).splitlines() if line.strip())
+    return "lightdist: error: " + one_line(message)
 
 
 class LightdistError(Exception):

@@ -15,7 +15,7 @@ from collections.abc import Iterator, Mapping
 from functools import partial
 from typing import Any
 
-from lightdist.errors import ConfigError, LightdistError
+from lightdist.errors import ConfigError, LightdistError, one_line
 
 _HYDRA_KEYS = {"_target_", "_partial_", "_recursive_", "_convert_", "_args_"}
 
@@ -64,7 +64,7 @@ def explain(exc: BaseException, group: str | None = None, spec: Any = None) -> L
         if isinstance(cause, LightdistError):
             return cause
         detail = str(cause).strip() if cause is not None else text.splitlines()[0]
-    detail = " ".join(line.strip() for line in detail.splitlines() if line.strip()) or type(exc).__name__
+    detail = one_line(detail) or type(exc).__name__
     group = group or "config"
     head = f"{group} ({target})" if target else group
     key = None if re.search(rf"\b{re.escape(group)}\.\w", detail) else offending_key(detail, keys)
