@@ -13,7 +13,7 @@ import kornia.augmentation as K  # noqa: E402
 import torch  # noqa: E402
 
 from bench.common import write_result  # noqa: E402
-from lightdist.data.augment import ImageAugmentation  # noqa: E402
+from lightdist.vision.augment import ImageAugmentation  # noqa: E402
 
 
 def timeit(fn, x, n: int = 50) -> float:

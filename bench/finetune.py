@@ -22,8 +22,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import DATA, write_result  # noqa: E402
-from lightdist.data import idx  # noqa: E402
-from lightdist.data.idx import write_idx  # noqa: E402
+from lightdist.vision import idx  # noqa: E402
+from lightdist.vision.idx import write_idx  # noqa: E402
 
 QUIET = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", "logger=csv"]
 

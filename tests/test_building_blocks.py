@@ -6,13 +6,13 @@ import pytest
 import torch
 from torch import nn
 
-from lightdist.data.augment import ImageAugmentation
 from lightdist.data.samplers import UnpaddedDistributedSampler
 from lightdist.data.splits import stratified_split, stratified_subset
-from lightdist.models.cnn import SimpleCNN
-from lightdist.models.resnet import ResNet
 from lightdist.tasks import schedules
 from lightdist.tasks.optim import build_optimizer, param_groups
+from lightdist.vision.augment import ImageAugmentation
+from lightdist.vision.models.cnn import SimpleCNN
+from lightdist.vision.models.resnet import ResNet
 
 
 def test_stratified_split_is_seeded_disjoint_and_proportional():

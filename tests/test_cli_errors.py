@@ -217,8 +217,8 @@ def test_a_killed_rank_is_named_in_one_line(workdir, mnist_root):
 
 def test_locate_reads_the_dataset_folder_itself_and_a_failed_download_creates_no_folder(tmp_path, mnist_root):
     from lightdist.data.download import RemoteFile, locate
-    from lightdist.data.idx import IDX_FILES
     from lightdist.errors import DataError
+    from lightdist.vision.idx import IDX_FILES
 
     assert locate(mnist_root / "mnist", ("mnist",), IDX_FILES, (), "MNIST", False) == mnist_root / "mnist"
     nowhere = tmp_path / "not" / "yet"

@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from lightdist.data.rl import EnvDataModule
-from lightdist.models.qnets import MLPQNetwork, NatureCNN, QHead
-from lightdist.tasks.rl import DQNTask, epsilon_at, polyak_update, td_targets
+from lightdist.rl.data import EnvDataModule
+from lightdist.rl.dqn import DQNTask, epsilon_at, polyak_update, td_targets
+from lightdist.rl.qnets import MLPQNetwork, NatureCNN, QHead
 
 
 def test_td_targets_dqn_and_double_dqn():

@@ -6,8 +6,8 @@ import csv
 import pytest
 import torch
 
-from lightdist.data.gridworld import GridWorldEnv
-from lightdist.tasks.rl import epsilon_at
+from lightdist.rl.dqn import epsilon_at
+from lightdist.rl.gridworld import GridWorldEnv
 from tests.conftest import QUIET, read_summary, run_cli, run_dirs
 
 

@@ -139,7 +139,7 @@ def _one_line_error(capsys, argv) -> str:
 def test_bad_eval_arguments_are_one_line(tmp_path, capsys, argv, expected):
     rl = tmp_path / "rl_run"
     rl.mkdir()
-    (rl / "config.yaml").write_text("task:\n  _target_: lightdist.tasks.rl.DQNTask\n")
+    (rl / "config.yaml").write_text("task:\n  _target_: lightdist.rl.dqn.DQNTask\n")
     message = _one_line_error(capsys, [a.format(tmp=tmp_path, rl=rl) for a in argv])
     assert expected in message, message
 

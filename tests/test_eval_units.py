@@ -6,9 +6,9 @@ import torch
 from torchmetrics.classification import MulticlassCalibrationError
 
 from lightdist.callbacks.learning_curves import draw_learning_curves, epoch_means, panels
-from lightdist.data.images import to_chw_uint8
 from lightdist.errors import DataError
 from lightdist.evaluation.metrics import ReliabilityBins, expected_calibration_error
+from lightdist.vision.images import to_chw_uint8
 
 
 def test_reliability_bins_give_torchmetrics_ece():

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
 
-from lightdist.data.gridworld import ENV_ID, GridWorldEnv
+from lightdist.rl.gridworld import ENV_ID, GridWorldEnv
 
 UP, RIGHT, DOWN, LEFT = range(4)
 

@@ -16,12 +16,12 @@ import torch
 
 from lightdist.callbacks.pruning import SparsitySchedule
 from lightdist.errors import ConfigError
-from lightdist.models.cnn import SimpleCNN
-from lightdist.models.text.rnn import RNNClassifier
-from lightdist.models.text.transformer import TransformerClassifier
 from lightdist.optimize import export as ex
 from lightdist.optimize import prune, quantize
 from lightdist.optimize.batches import agreement
+from lightdist.text.models.rnn import RNNClassifier
+from lightdist.text.models.transformer import TransformerClassifier
+from lightdist.vision.models.cnn import SimpleCNN
 from tests.conftest import QUIET, SHARED_DATA, cli_env, needs_fashion_mnist, run_cli, run_dirs
 
 needs_bbc = pytest.mark.skipif(not (SHARED_DATA / "bbc-news").is_dir(), reason=f"BBC News not found under {SHARED_DATA}")

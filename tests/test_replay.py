@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from lightdist.data.replay import NStepFolder, PrioritizedReplayBuffer, ReplayBuffer, SegmentTree
+from lightdist.rl.replay import NStepFolder, PrioritizedReplayBuffer, ReplayBuffer, SegmentTree
 
 
 def transitions(start: int, count: int) -> dict[str, np.ndarray]:

@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from lightdist.data.samplers import BucketBatchSampler
-from lightdist.data.text.batching import PadCollate, TokenizedTexts
-from lightdist.data.text.corpora import AGNewsCorpus, FolderCorpus, TableCorpus
-from lightdist.data.text.datamodule import TextDataModule
-from lightdist.data.text.tokenizer import TextTokenizer
 from lightdist.errors import DataError
+from lightdist.text.data.batching import PadCollate, TokenizedTexts
+from lightdist.text.data.corpora import AGNewsCorpus, FolderCorpus, TableCorpus
+from lightdist.text.data.datamodule import TextDataModule
+from lightdist.text.data.tokenizer import TextTokenizer
 from tests.conftest import SHARED_DATA
 from tests.text_files import TOPICS, rows, write_ag_news, write_folder_corpus, write_table
 

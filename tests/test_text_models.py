@@ -3,12 +3,12 @@
 import pytest
 import torch
 
-from lightdist.models.text.bag import NGramBag, hashed_ngrams
-from lightdist.models.text.cnn import KimCNN
-from lightdist.models.text.embedding import TokenEmbedding
-from lightdist.models.text.rnn import RNNClassifier
-from lightdist.models.text.transformer import TransformerClassifier
-from lightdist.tasks.text import TextClassificationTask
+from lightdist.text.models.bag import NGramBag, hashed_ngrams
+from lightdist.text.models.cnn import KimCNN
+from lightdist.text.models.embedding import TokenEmbedding
+from lightdist.text.models.rnn import RNNClassifier
+from lightdist.text.models.transformer import TransformerClassifier
+from lightdist.text.task import TextClassificationTask
 
 VOCAB, CLASSES, MAX_LEN = 50, 3, 32
 

@@ -6,8 +6,8 @@ import sys
 
 import pytest
 
-from lightdist.data.text.tokenizer import PAD, UNK, TextTokenizer
 from lightdist.errors import ConfigError
+from lightdist.text.data.tokenizer import PAD, UNK, TextTokenizer
 
 CORPUS = [
     "The striker scored a late goal and the league leaders won the match.",
@@ -61,7 +61,7 @@ def test_persistence_file_and_state(tmp_path):
 
 _TRAIN_IN_A_NEW_PROCESS = """
 import sys
-from lightdist.data.text.tokenizer import TextTokenizer
+from lightdist.text.data.tokenizer import TextTokenizer
 texts = [line for line in sys.stdin.read().split("\\n") if line]
 print(TextTokenizer(model=sys.argv[1], vocab_size=60, min_frequency=1).fit(texts).state()["tokenizer"])  # capped: ties
 """

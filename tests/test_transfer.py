@@ -15,10 +15,10 @@ from torch import nn
 from lightdist.cli import preflight
 from lightdist.config import resolvers
 from lightdist.errors import CheckpointError, ConfigError, LightdistError
-from lightdist.models.resnet import ResNet
 from lightdist.tasks.optim import build_optimizer
 from lightdist.tasks.schedules import cosine
 from lightdist.tasks.transfer import backbone_parameters, distillation_loss, load_backbone
+from lightdist.vision.models.resnet import ResNet
 from tests.conftest import (
     QUIET,
     REPO,

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from lightdist.data.idx import write_idx
-from lightdist.data.vision import VisionDataModule, channel_stats
 from lightdist.errors import DataError
+from lightdist.vision.data import VisionDataModule, channel_stats
+from lightdist.vision.idx import write_idx
 from tests.conftest import SHARED_DATA, needs_fashion_mnist
 
 

@@ -75,7 +75,7 @@ def _classes(paths: list[str] | None) -> set[type] | None:
         return {get_class(p) for p in paths}
     except Exception as exc:
         raise ConfigError(f"cannot import module class for FSDP ({exc})",
-                          hint="give full class paths, e.g. lightdist.models.resnet.BasicBlock") from exc
+                          hint="give full class paths, e.g. lightdist.vision.models.resnet.BasicBlock") from exc
 
 
 def fsdp(

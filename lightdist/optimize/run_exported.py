@@ -32,7 +32,7 @@ def load_images(path: Path, spec: dict) -> torch.Tensor:
     if path.suffix == ".npy":
         images = np.load(path)
     else:
-        from lightdist.data.idx import read_idx
+        from lightdist.vision.idx import read_idx
 
         images = read_idx(path)
     shape = spec["inputs"][0]["shape"]  # N x C x H x W

@@ -8,7 +8,7 @@ classification.
 import torch
 from torch import nn
 
-from lightdist.models.text.embedding import TokenEmbedding
+from lightdist.text.models.embedding import TokenEmbedding
 
 _HASH_PRIME = 1_000_003
 

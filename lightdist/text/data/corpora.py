@@ -12,14 +12,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lightdist.data.download import RemoteFile, locate
-from lightdist.data.text.readers import (
+from lightdist.errors import DataError
+from lightdist.text.data.readers import (
     Decoding,
     LabelledTexts,
     TableFormat,
     read_folder,
     read_table,
 )
-from lightdist.errors import DataError
 
 SPLIT_FOLDERS = ("train", "val", "test")
 

@@ -23,11 +23,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from lightdist.data.base import DataModule
-from lightdist.data.envs import finished_episodes, make_env, make_vector_env
-from lightdist.data.recording import check_video_format, save_video
-from lightdist.data.replay import NStepFolder, PrioritizedReplayBuffer, ReplayBuffer
 from lightdist.data.samplers import UnpaddedDistributedSampler
 from lightdist.errors import ConfigError, DataError
+from lightdist.rl.envs import finished_episodes, make_env, make_vector_env
+from lightdist.rl.recording import check_video_format, save_video
+from lightdist.rl.replay import NStepFolder, PrioritizedReplayBuffer, ReplayBuffer
 
 # explore(observations, env_steps_total) -> actions; greedy(observations) -> actions
 ExplorePolicy = Callable[[np.ndarray, int], np.ndarray]

@@ -11,7 +11,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium.vector import AutoresetMode
 
-import lightdist.data.gridworld  # noqa: F401  (registers lightdist/GridWorld-v0)
+import lightdist.rl.gridworld  # noqa: F401  (registers lightdist/GridWorld-v0)
 from lightdist.errors import DataError
 
 

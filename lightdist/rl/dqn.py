@@ -2,7 +2,7 @@
 
 The task owns the agent: the online Q-network (given, a plain nn.Module), its target
 copy, the epsilon-greedy policy and the TD loss. Experience comes from the data module
-(lightdist.data.rl.EnvDataModule) as ordinary batches; the task hands it the policy to
+(lightdist.rl.data.EnvDataModule) as ordinary batches; the task hands it the policy to
 act with. Options: Double DQN targets (van Hasselt et al. 2016), hard or Polyak target
 updates, Huber or squared loss, prioritized-replay importance weights. Gradient clipping
 is the Trainer's (trainer.gradient_clip_val).

@@ -11,10 +11,10 @@ from torch.utils.data import DataLoader, Dataset
 from lightdist.data.base import ClassificationDataModule
 from lightdist.data.samplers import BucketBatchSampler
 from lightdist.data.splits import KFold, stratified_split, stratified_subset
-from lightdist.data.text.batching import PadCollate, TokenizedTexts
-from lightdist.data.text.corpora import Corpus
-from lightdist.data.text.tokenizer import TextTokenizer
 from lightdist.errors import ConfigError, DataError
+from lightdist.text.data.batching import PadCollate, TokenizedTexts
+from lightdist.text.data.corpora import Corpus
+from lightdist.text.data.tokenizer import TextTokenizer
 
 TOKENIZER_FILE = "tokenizer.json"
 SPLITS = ("train", "val", "test")

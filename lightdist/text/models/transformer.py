@@ -5,7 +5,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from lightdist.models.text.embedding import TokenEmbedding, length_mask, masked_mean
+from lightdist.text.models.embedding import TokenEmbedding, length_mask, masked_mean
 
 
 class TransformerClassifier(nn.Module):

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lightdist.models.text.embedding import TokenEmbedding, masked_max
+from lightdist.text.models.embedding import TokenEmbedding, masked_max
 
 
 class KimCNN(nn.Module):

@@ -14,12 +14,12 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
-from lightdist.data import cifar, idx
-from lightdist.data.augment import ImageAugmentation
 from lightdist.data.base import ClassificationDataModule
 from lightdist.data.download import RemoteFile, locate
 from lightdist.data.splits import KFold, holdout_count, stratified_split, stratified_subset
 from lightdist.errors import DataError
+from lightdist.vision import cifar, idx
+from lightdist.vision.augment import ImageAugmentation
 
 
 @dataclass(frozen=True)
@@ -230,7 +230,7 @@ class VisionDataModule(ClassificationDataModule):
 
     def encode_inputs(self, raw: list) -> tuple:
         """Images (file paths, .npy files, arrays, tensors) -> a normalised batch `(images,)` of the training shape."""
-        from lightdist.data.images import to_chw_uint8
+        from lightdist.vision.images import to_chw_uint8
 
         if self.mean is None:
             raise DataError("this data module has no normalisation statistics",

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from lightdist.models.text.embedding import TokenEmbedding, length_mask, masked_max, masked_mean
+from lightdist.text.models.embedding import TokenEmbedding, length_mask, masked_max, masked_mean
 
 
 class RNNClassifier(nn.Module):

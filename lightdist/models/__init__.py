@@ -1,1 +1,0 @@
-"""Plain nn.Modules. Nothing here knows about Lightning, ranks or configs."""

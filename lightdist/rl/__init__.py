@@ -1,0 +1,1 @@
+"""Reinforcement learning: environments, replay, experience data modules, Q-networks, the DQN task."""

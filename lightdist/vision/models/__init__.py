@@ -1,0 +1,1 @@
+"""Image models: plain nn.Modules."""
