@@ -112,11 +112,11 @@ cmd_slurm() {
   local cores_per_node=$(( per_node * ${cpus:-1} ))
   if [ "$sweep" = 1 ]; then
     local count
-    count=$("$PYTHON" -m lightdist sweep --count -- "$@") || exit 2
+    count=$("$PYTHON" -m lightdist sweep count=true "$@") || exit 2
     opts+=("--array=0-$((count - 1))")
   fi
-  "$PYTHON" -m lightdist preflight --nodes "$nodes" --tasks-per-node "$per_node" --gpus-per-node "$gpus_per_node" \
-    --cpus-per-node "$cores_per_node" -- "${check[@]}" >/dev/null || exit 2
+  "$PYTHON" -m lightdist preflight nodes="$nodes" tasks_per_node="$per_node" gpus_per_node="$gpus_per_node" \
+    cpus_per_node="$cores_per_node" "${check[@]}" >/dev/null || exit 2
 
   local submit=(sbatch "${opts[@]}")
   [ "$sweep" = 1 ] && submit=(env "LIGHTDIST_TRAINER=$trainer" "${submit[@]}")

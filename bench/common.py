@@ -16,8 +16,8 @@ def compose_resolved(overrides: list[str], run_dir: Path):
     """A fully resolved config for an in-process run in `run_dir` (no Hydra run directory)."""
     from omegaconf import OmegaConf
 
-    from lightdist.cli import compose
     from lightdist.config import resolvers
+    from lightdist.config.compose import compose
 
     resolvers.register()
     os.environ.setdefault("LIGHTDIST_DATA", str(DATA))

@@ -64,8 +64,8 @@ def main() -> None:
                   f"trainer.max_epochs={args.source_epochs}", "name=source"], work)
     target = ["+experiment=mnist_finetune_from_fashion", f"data.root={work / 'target'}", *common,
               f"trainer.max_epochs={args.epochs}"]
-    tuned = cli([*target, f"task.init_from={source['run_dir']}", "name=finetuned"], work)
-    scratch = cli([*target, "task.init_from=null", "task.freeze_backbone_epochs=0", "task.backbone_lr_factor=1.0",
+    tuned = cli([*target, f"transfer.init_from={source['run_dir']}", "name=finetuned"], work)
+    scratch = cli([*target, "transfer.init_from=null", "transfer.freeze_backbone_epochs=0", "transfer.backbone_lr_factor=1.0",
                    "name=scratch"], work)
     result = {
         "setup": {"source": f"Fashion-MNIST classes 0-4, {args.source_images} images, {args.source_epochs} epochs",

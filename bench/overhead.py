@@ -86,8 +86,8 @@ def plain_run(overrides: list[str], steps: int, warmup: int) -> float:
     the same on-device normalisation/augmentation, autocast for bf16-mixed, channels_last if set."""
     from hydra.utils import instantiate
 
+    from lightdist.config.building import instantiate_with_facts
     from lightdist.tasks.optim import build_optimizer
-    from lightdist.train import instantiate_with_facts
 
     with tempfile.TemporaryDirectory() as tmp:
         cfg = compose_resolved(overrides, Path(tmp))
@@ -96,7 +96,7 @@ def plain_run(overrides: list[str], steps: int, warmup: int) -> float:
     facts = dm.facts()
     dm.setup("fit")
     device = torch.device("cuda" if cfg.trainer.accelerator == "gpu" else "cpu")
-    channels_last = cfg.task.get("channels_last", False)
+    channels_last = cfg.get("channels_last", False)
     model = instantiate_with_facts(cfg.model, facts).to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -141,7 +141,7 @@ def main() -> None:
               "trainer.enable_model_summary=false", "test_after_fit=false", f"threads_per_rank={args.threads}",
               "trainer.log_every_n_steps=50"]
     if args.gpu:
-        from tests.test_vision_data import write_cifar10
+        from tests.helpers.image_files import write_cifar10
 
         root = Path(tempfile.mkdtemp())
         write_cifar10(root, per_batch=4000)

@@ -32,11 +32,11 @@ CPU_RUNS = {
 GPU_RUNS = {
     "ddp": ["strategy=ddp", OFF],
     "ddp_fp32": ["strategy=ddp", "trainer.precision=32-true", OFF],
-    "ddp_nhwc_off": ["strategy=ddp", "task.channels_last=false", OFF],
+    "ddp_nhwc_off": ["strategy=ddp", "channels_last=false", OFF],
     "ddp_no_augment": ["strategy=ddp", "data.augment=null", OFF],
     # DeepSpeed broadcasts parameters as flat byte views: no channels_last weights
-    "zero2": ["strategy=deepspeed_stage_2", "task.channels_last=false", OFF],
-    "zero3": ["strategy=deepspeed_stage_3", "task.channels_last=false", OFF],
+    "zero2": ["strategy=deepspeed_stage_2", "channels_last=false", OFF],
+    "zero3": ["strategy=deepspeed_stage_3", "channels_last=false", OFF],
     # Lightning's ThroughputMonitor synchronises the GPU after every step: what that costs
     "ddp+monitor": ["strategy=ddp"],
 }
@@ -55,7 +55,7 @@ def main() -> None:
         steps, batch = args.steps or 300, 256
         root = args.cifar_root
         if root is None:  # CIFAR-10's exact on-disk format, random pixels: speed and memory only
-            from tests.test_vision_data import write_cifar10
+            from tests.helpers.image_files import write_cifar10
 
             write_cifar10(tmp_root / "data", per_batch=4000)
             root = str(tmp_root / "data")

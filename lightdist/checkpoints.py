@@ -12,6 +12,7 @@ DeepSpeed or torch.distributed.checkpoint unpickle anything (they use plain pick
 sharded checkpoints), a checkpoint that needs more.
 """
 
+import contextlib
 import importlib
 import io
 import os
@@ -24,6 +25,7 @@ from typing import Any, Literal
 
 import torch
 
+from lightdist.compat import DCP_METADATA_GLOBALS, WRAPPER_PREFIXES, dcp_item_location
 from lightdist.errors import CheckpointError
 
 CHECKPOINT_DIR = "checkpoints"
@@ -41,17 +43,6 @@ SAFE_GLOBALS: dict[Kind, tuple[str, ...]] = {
                   "deepspeed.runtime.fp16.loss_scaler.DynamicLossScaler",
                   "deepspeed.runtime.zero.config.ZeroStageEnum",
                   "deepspeed.utils.tensor_fragment.fragment_address"),
-}
-# torch.distributed.checkpoint's `.metadata` is a plain pickle of these (read with a restricted unpickler).
-_DCP_METADATA_GLOBALS = {
-    "torch.distributed.checkpoint.metadata": {"Metadata", "MetadataIndex", "StorageMeta", "TensorProperties",
-                                              "TensorStorageMetadata", "BytesStorageMetadata",
-                                              "ChunkStorageMetadata", "_MEM_FORMAT_ENCODING"},
-    "torch.distributed.checkpoint.filesystem": {"_StorageInfo"},
-    "torch.serialization": {"_get_layout"},
-    "torch": {"Size"},
-    **{module: {"PosixPath", "WindowsPath", "PurePosixPath", "PureWindowsPath"}
-       for module in ("pathlib", "pathlib._local")},  # Python 3.13 moved the classes
 }
 
 
@@ -104,7 +95,7 @@ class _Refused(Exception):
 class _MetadataUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         dtype = module == "torch" and isinstance(getattr(torch, name, None), torch.dtype)
-        if not dtype and name not in _DCP_METADATA_GLOBALS.get(module, ()):
+        if not dtype and name not in DCP_METADATA_GLOBALS.get(module, ()):
             raise _Refused(f"{module}.{name}")
         return super().find_class(module, name)
 
@@ -124,7 +115,7 @@ def _read_dcp_metadata(path: Path) -> Any:
 def _verify_fsdp(path: Path) -> None:
     """`.metadata` (plain pickle), meta.pt, and the non-tensor items of the shards (torch.distributed.checkpoint
     loads those with weights_only=False; tensors it loads weights-only itself)."""
-    from torch.distributed.checkpoint.metadata import BytesStorageMetadata, MetadataIndex
+    from torch.distributed.checkpoint.metadata import BytesStorageMetadata
 
     metadata = _read_dcp_metadata(path)
     if (path / "meta.pt").is_file():
@@ -132,13 +123,13 @@ def _verify_fsdp(path: Path) -> None:
     for fqn, item in metadata.state_dict_metadata.items():
         if not isinstance(item, BytesStorageMetadata):
             continue
-        info = metadata.storage_data[MetadataIndex(fqn)]
-        label = f"{path / info.relative_path} (item {fqn})"
-        if info.transform_descriptors:
-            raise UnsafeCheckpoint(label, f"an item stored through {list(info.transform_descriptors)}")
-        with open(path / info.relative_path, "rb") as f:
-            f.seek(info.offset)
-            load_file(io.BytesIO(f.read(info.length)), "fsdp", label)
+        relative_path, offset, length, transforms = dcp_item_location(metadata, fqn)
+        label = f"{path / relative_path} (item {fqn})"
+        if transforms:
+            raise UnsafeCheckpoint(label, f"an item stored through {transforms}")
+        with open(path / relative_path, "rb") as f:
+            f.seek(offset)
+            load_file(io.BytesIO(f.read(length)), "fsdp", label)
 
 
 def _verify_deepspeed(path: Path) -> None:
@@ -229,7 +220,7 @@ def resolve_ckpt_path(ckpt_path: str | None, run_dir: Path) -> str | None:
     return str(path.resolve())
 
 
-def _strip(key: str, prefixes: tuple[str, ...] = ("_forward_module.", "_fsdp_wrapped_module.")) -> str:
+def _strip(key: str, prefixes: tuple[str, ...] = WRAPPER_PREFIXES) -> str:
     for prefix in prefixes:
         key = key.replace(prefix, "")
     return key
@@ -256,18 +247,18 @@ def _load_fsdp(path: Path) -> dict[str, Any]:
 
 
 def _load_deepspeed(path: Path) -> dict[str, Any]:
-    """ZeRO shards -> fp32 weights (DeepSpeed's own zero_to_fp32), with Lightning's client state kept."""
-    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+    """ZeRO shards -> fp32 weights with Lightning's client state kept: Lightning's own conversion
+    (DeepSpeed's zero_to_fp32, plus rank 0's model-state file), less DeepSpeed's bookkeeping."""
+    from lightning.pytorch.utilities.deepspeed import convert_zero_checkpoint_to_fp32_state_dict
 
-    _verify_deepspeed(path)  # zero_to_fp32 loads the shards with weights_only=False
-    weights = get_fp32_state_dict_from_zero_checkpoint(str(path))
-    model_files = sorted((path / "checkpoint").glob("*model_states.pt"))
-    client = load_file(model_files[0], "deepspeed") if model_files else {}
-    internal = {"module", "optimizer", "lr_scheduler", "csr_tensor_module_names", "skipped_steps", "global_steps",
-                "dp_world_size", "mp_world_size", "buffer_names", "param_shapes", "frozen_param_shapes",
-                "shared_params", "frozen_param_fragments", "ds_config", "ds_version"}
-    checkpoint = {k: v for k, v in client.items() if k not in internal}
-    checkpoint["state_dict"] = strip_wrappers(weights)
+    _verify_deepspeed(path)  # the conversion loads the shards with weights_only=False
+    with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(io.StringIO()):  # its "Saving ..." line
+        client = convert_zero_checkpoint_to_fp32_state_dict(str(path), Path(tmp) / "fp32.ckpt")
+    bookkeeping = {"buffer_names", "param_shapes", "frozen_param_shapes", "shared_params", "frozen_param_fragments",
+                   "ds_config", "ds_version", "global_samples", "data_sampler", "random_ltd",
+                   "checkpoint_parallel_dimensions", "sparse_tensor_module_names"}
+    checkpoint = {k: v for k, v in client.items() if k not in bookkeeping}
+    checkpoint["state_dict"] = strip_wrappers(checkpoint["state_dict"])
     return checkpoint
 
 

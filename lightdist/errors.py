@@ -1,4 +1,4 @@
-"""User-facing errors: one clear line with the fix, printed by the CLI without a traceback."""
+"""User-facing errors: one clear line with the fix, printed by lightdist.main without a traceback."""
 
 
 def one_line(text: object) -> str:
@@ -41,3 +41,12 @@ class RankFailed(LightdistError):
     """Another process of a distributed job died: not the user's typo, but one line naming it."""
 
     exit_code = 1
+
+
+class JobFailed(BaseException):
+    """Carries a job's exception out of a Hydra app to main(), past Hydra's own error report (which
+    catches Exception only); main() reports `error` as if nothing had been in between."""
+
+    def __init__(self, error: BaseException):
+        super().__init__(error)
+        self.error = error

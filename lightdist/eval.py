@@ -1,13 +1,8 @@
-"""`python -m lightdist.eval run_dir=<run> ...`: the same as `lightdist eval ...` (see lightdist.evaluation)."""
-
-import sys
-
-
-def main(argv: list[str] | None = None) -> None:
-    from lightdist.cli import main as cli_main
-
-    cli_main(["eval", *(sys.argv[1:] if argv is None else argv)])
-
+"""`python -m lightdist.eval run_dir=<run> ...`: the same as `lightdist eval ...` (lightdist.commands.eval)."""
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    from lightdist.main import main
+
+    main(["eval", *sys.argv[1:]])

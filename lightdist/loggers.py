@@ -7,10 +7,13 @@ import os
 from pathlib import Path
 from typing import Literal
 
+from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+from lightdist.compat import KeepMetricsFile, lazy_experiment
 
 
 def wandb_credentials_available() -> bool:
@@ -71,40 +74,47 @@ def finish_wandb() -> None:
             wandb.finish()
 
 
-class _ContinuingWriter(ExperimentWriter):
+def _write_rows(fs, path: str, fieldnames: list[str], rows: list[dict]) -> None:
+    with fs.open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fieldnames)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _read_rows(fs, path: str) -> tuple[list[str], list[dict]]:
+    with fs.open(path, "r", newline="") as f:
+        reader = csv.DictReader(f)
+        return list(reader.fieldnames or []), list(reader)
+
+
+class _ContinuingWriter(KeepMetricsFile, ExperimentWriter):
     """Lightning's CSV writer deletes an existing metrics.csv and forgets its columns; this one continues it."""
 
-    def _check_log_dir_exists(self) -> None:
-        if self._fs.isfile(self.metrics_file_path):
-            with self._fs.open(self.metrics_file_path, "r", newline="") as f:
-                self.metrics_keys = list(csv.DictReader(f).fieldnames or [])
+    def continue_file(self) -> None:
+        self.fs = get_filesystem(self.log_dir)
+        if self.fs.isfile(self.metrics_file_path):
+            self.metrics_keys = _read_rows(self.fs, self.metrics_file_path)[0]
 
     def save(self) -> None:
         # Under ddp_spawn and ddp_fork each stage (fit, then test) runs in new processes holding a
         # copy of the main process's writer: the file may have columns that copy never saw.
-        if self._fs.isfile(self.metrics_file_path):
-            with self._fs.open(self.metrics_file_path, "r", newline="") as f:
-                file_keys = list(csv.DictReader(f).fieldnames or [])
+        if self.fs.isfile(self.metrics_file_path):
+            file_keys, rows = _read_rows(self.fs, self.metrics_file_path)
             if file_keys != self.metrics_keys:
                 extra = [k for k in self.metrics_keys if k not in file_keys]
                 self.metrics_keys = file_keys + extra
                 if extra:
-                    self._rewrite_with_new_header(self.metrics_keys)
+                    _write_rows(self.fs, self.metrics_file_path, self.metrics_keys, rows)
         super().save()
 
     def drop_rows_from(self, step: int) -> int:
         """Remove rows logged at `step` or later (they will be logged again); returns how many."""
-        if not self._fs.isfile(self.metrics_file_path):
+        if not self.fs.isfile(self.metrics_file_path):
             return 0
-        with self._fs.open(self.metrics_file_path, "r", newline="") as f:
-            reader = csv.DictReader(f)
-            fieldnames, rows = reader.fieldnames or [], list(reader)
+        fieldnames, rows = _read_rows(self.fs, self.metrics_file_path)
         kept = [r for r in rows if not r.get("step") or int(float(r["step"])) < step]
         if len(kept) != len(rows):
-            with self._fs.open(self.metrics_file_path, "w", newline="") as f:
-                writer = csv.DictWriter(f, fieldnames=fieldnames)
-                writer.writeheader()
-                writer.writerows(kept)
+            _write_rows(self.fs, self.metrics_file_path, fieldnames, kept)
         return len(rows) - len(kept)
 
 
@@ -124,10 +134,7 @@ class ContinuingCSVLogger(CSVLogger):
     @property
     @rank_zero_experiment
     def experiment(self) -> _ContinuingWriter:
-        if self._experiment is None:
-            self._fs.makedirs(self.root_dir, exist_ok=True)
-            self._experiment = _ContinuingWriter(log_dir=self.log_dir)
-        return self._experiment
+        return lazy_experiment(self, lambda: _ContinuingWriter(log_dir=self.log_dir))
 
     def resumed(self) -> None:
         """Training continues from a checkpoint: rows from the next logged step on are stale."""

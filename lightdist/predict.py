@@ -1,4 +1,4 @@
-"""Predict with a trained run: `lightdist predict run_dir=<dir> text="..."` (or image=<file>) or `predict(run_dir, inputs)`.
+"""Predict with a trained run: `predict(run_dir, inputs)` (the command: `lightdist predict`, lightdist.commands.predict).
 
 Generic over task families: the data module and task are rebuilt from the run's
 config.yaml, the data module's state (the tokenizer and label names for text, the
@@ -15,13 +15,11 @@ Images are files (PNG, JPEG... or .npy arrays) or, from Python, numpy arrays and
 (uint8 0-255 or float 0-1); they are converted to the run's channels and size.
 """
 
-import json
-import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from lightdist.errors import ConfigError, DataError
+from lightdist.errors import ConfigError
 
 
 class Prediction(NamedTuple):
@@ -62,59 +60,3 @@ def predict(run_dir: str | Path, inputs: Sequence[Any], ckpt: str = "best", batc
     """Labels and class probabilities for raw inputs (texts; image files, arrays or tensors), with a run's
     best (or last, or given) checkpoint."""
     return Predictor(run_dir, ckpt).predict(inputs, batch_size)
-
-
-# -- the command line ----------------------------------------------------------------------------
-_KEYS = ("run_dir", "ckpt", "text", "image", "input_file", "batch_size")
-
-
-def _parse(argv: list[str]) -> dict[str, Any]:
-    args: dict[str, Any] = {"ckpt": "best", "text": [], "batch_size": 64}
-    for arg in argv:
-        key, sep, value = arg.partition("=")
-        if not sep or key not in _KEYS:
-            raise ConfigError(f"unknown predict argument '{arg}'", hint=f"use {'=..., '.join(_KEYS)}=...")
-        if key in ("text", "image"):  # both are raw inputs: the run's data module knows what they are
-            args["text"].append(value)
-        elif key == "batch_size":
-            if not value.isdigit() or int(value) < 1:
-                raise ConfigError(f"batch_size={value} must be a positive integer")
-            args["batch_size"] = int(value)
-        else:
-            args[key] = value
-    if "run_dir" not in args:
-        raise ConfigError("predict needs run_dir=<a run directory>")
-    return args
-
-
-def _read_inputs(path: str) -> list[str]:
-    file = Path(path).expanduser()
-    try:
-        content = file.read_bytes().decode("utf-8")
-    except FileNotFoundError as exc:
-        raise DataError(f"input_file {file} does not exist") from exc
-    except UnicodeDecodeError as exc:
-        raise DataError(f"input_file {file} is not valid utf-8 (offset {exc.start})",
-                        hint="save it as utf-8, one input per line") from exc
-    return [line for line in content.splitlines() if line.strip()]
-
-
-def _json_lines(inputs: list[str], predictions: list[Prediction]) -> Iterator[str]:
-    for raw, p in zip(inputs, predictions):
-        yield json.dumps({"input": raw, "label": p.label, "probs": {k: round(v, 6) for k, v in p.probs.items()}},
-                         ensure_ascii=False)
-
-
-def predict_command(argv: list[str]) -> None:
-    from lightdist.cli import guarded
-
-    def run() -> None:
-        args = _parse(argv)
-        inputs = list(args["text"]) + (_read_inputs(args["input_file"]) if args.get("input_file") else [])
-        if not inputs:
-            raise ConfigError("nothing to predict", hint='pass text="..." or image=<file> (repeatable), or input_file=<one input per line>')
-        predictions = predict(args["run_dir"], inputs, args["ckpt"], args["batch_size"])
-        for line in _json_lines(inputs, predictions):
-            sys.stdout.write(line + "\n")
-
-    guarded(run)

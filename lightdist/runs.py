@@ -3,7 +3,8 @@
 Fine-tuning (weights of another run), distillation (a teacher run) and the optimisation
 commands (prune, quantize, export) all start from a run directory or a checkpoint in one.
 Everything is rebuilt the way train.py built it (`instantiate(cfg.data)`, its facts,
-`build_task`), so any task family whose model is a plain nn.Module reloads the same way.
+`build_task`, defined here for both), so any task family whose model is a plain nn.Module
+reloads the same way.
 """
 
 from dataclasses import dataclass
@@ -12,6 +13,36 @@ from typing import Any
 
 from lightdist.checkpoints import CHECKPOINT_DIR, verify
 from lightdist.errors import CheckpointError, ConfigError
+
+
+def build_task(cfg: Any, facts: dict[str, Any]) -> Any:
+    """The task (LightningModule) that config `cfg` describes, for data with these facts (num_classes...)."""
+    from hydra.utils import instantiate
+
+    from lightdist.config.building import instantiate_with_facts
+
+    model = instantiate_with_facts(cfg.model, facts)
+    optimizer = instantiate(cfg.optimizer)
+    scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
+    return instantiate_with_facts(cfg.task, facts, model=model, optimizer=optimizer, scheduler=scheduler)
+
+
+def _saved_task_upgraded(cfg: Any) -> Any:
+    """A run saved before transfer, distill, channels_last and compile left the task node (and the
+    image task its own class): those keys are dropped from its task, which reloads without them."""
+    from omegaconf import open_dict
+
+    from lightdist.config.validate import MOVED_KEYS
+
+    task = cfg.get("task")
+    if task is None:
+        return cfg
+    with open_dict(task):
+        for old in MOVED_KEYS:
+            task.pop(old.removeprefix("task."), None)
+        if task.get("_target_") == "lightdist.vision.task.ImageClassificationTask":
+            task._target_ = "lightdist.tasks.classification.ClassificationTask"
+    return cfg
 
 
 def is_run_dir(path: Path) -> bool:
@@ -117,14 +148,13 @@ def load_run(source: str | Path, ckpt: str = "best", cfg: Any = None) -> Run:
     from lightdist import run_dir as rd
     from lightdist.checkpoints import load_consolidated
     from lightdist.config import resolvers
-    from lightdist.train import build_task
 
     resolvers.register()
     run, checkpoint_path = locate(source, ckpt)
     if run is None:
         raise ConfigError(f"{source} is not inside a run directory, so its config is unknown",
                           hint="pass a run directory (holding config.yaml) or a checkpoint in its checkpoints/")
-    cfg = rd.load_config(run / rd.CONFIG_FILE) if cfg is None else cfg
+    cfg = _saved_task_upgraded(rd.load_config(run / rd.CONFIG_FILE) if cfg is None else cfg)
     checkpoint = load_consolidated(checkpoint_path)
     datamodule = instantiate(cfg.data)
     # Data modules with learned state (a text vocabulary) keep it in the checkpoint under their class name.

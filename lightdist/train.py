@@ -5,7 +5,6 @@ saved config, and tests may call it directly."""
 import logging
 import sys
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -18,26 +17,22 @@ from omegaconf import DictConfig, OmegaConf
 from lightdist import run_dir as rd
 from lightdist.callbacks.continuity import RunContinuity
 from lightdist.callbacks.divergence import Diverged
+from lightdist.callbacks.model_options import model_options
+from lightdist.callbacks.model_state import ModelStateSize
+from lightdist.callbacks.preemption import PreemptionHandler
 from lightdist.callbacks.progress import LogProgress
 from lightdist.callbacks.timing import StepClock
 from lightdist.checkpoints import load_consolidated, resolve_ckpt_path
-from lightdist.config.building import building
-from lightdist.config.validate import accepted_kwargs
 from lightdist.distributed.cluster import cluster_plugins
 from lightdist.distributed.launch import watch_ranks
-from lightdist.distributed.memory import ModelStateSize
-from lightdist.distributed.preemption import Preempted, PreemptionHandler
+from lightdist.distributed.preemption import Preempted
 from lightdist.distributed.sharding import check_module, needs_consolidated_weights
 from lightdist.distributed.strategy import build_strategy, processes_per_node
 from lightdist.distributed.threads import configure_threads
 from lightdist.loggers import finish_wandb
+from lightdist.runs import build_task
 
 log = logging.getLogger(__name__)
-
-# The CSV logger warns that files "will be deleted" whenever its directory is not empty; the run
-# directory never is (Hydra's files), and the logger appends to an existing metrics.csv anyway.
-warnings.filterwarnings("ignore", message="Experiment logs directory .* exists and is not empty")
-
 
 class _NoAdvertising(logging.Filter):
     """Lightning (>= 2.6) advertises its cloud services (litlogger, litmodels) when a Trainer is built."""
@@ -50,22 +45,19 @@ for _name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utiliti
     logging.getLogger(_name).addFilter(_NoAdvertising())
 
 
-def instantiate_with_facts(node: DictConfig, facts: dict[str, Any], **kwargs: Any) -> Any:
-    """Instantiate `node`, passing the data facts (num_classes, vocab_size...) its target accepts."""
-    # _convert_="all": plain lists/dicts, so hyperparameters saved in checkpoints hold no OmegaConf types.
-    with building(str(node._key()), node):  # a refused value names model.<key> / task.<key>
-        return instantiate(node, **accepted_kwargs(node._target_, facts), **kwargs, _convert_="all")
-
-
-def build_task(cfg: DictConfig, facts: dict[str, Any]) -> L.LightningModule:
-    model = instantiate_with_facts(cfg.model, facts)
-    optimizer = instantiate(cfg.optimizer)
-    scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
-    return instantiate_with_facts(cfg.task, facts, model=model, optimizer=optimizer, scheduler=scheduler)
+def composed_callbacks(cfg: DictConfig) -> list[L.Callback]:
+    """Transfer learning, distillation and the model's speed options: top-level config nodes that
+    compose onto any task as callbacks, rather than constructor arguments every task would repeat."""
+    callbacks = list(instantiate(cfg.transfer)) if cfg.get("transfer") else []
+    distill = instantiate(cfg.distill) if cfg.get("distill") else None  # built to check its values
+    if distill is not None and distill.teacher_source:
+        callbacks.append(distill)
+    return callbacks + model_options(cfg)  # last: compiles the model the others have set up
 
 
 def build_callbacks(cfg: DictConfig, has_logger: bool) -> list[L.Callback]:
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
+    callbacks += composed_callbacks(cfg)
     # Not optional: resumed runs must not duplicate logged steps; the summary reports start-up time.
     callbacks += [RunContinuity(), StepClock(), ModelStateSize()]
     if cfg.get("preemption"):

@@ -1,63 +1,22 @@
-"""Shared fixtures: where the real data is, and how to run the CLI in a subprocess.
+"""Fixtures and the collection order; what tests import lives in tests/helpers/."""
 
-End-to-end tests never run Lightning's DDP launcher inside pytest (it re-executes the
-command line for ranks > 0, which would re-run pytest): they start the CLI in a
-subprocess, in a temporary working directory, exactly as a user would.
-"""
-
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = Path(os.environ.get("LIGHTDIST_DATA") or REPO.parent / "shared" / "data").resolve()
-
-# Options that keep end-to-end runs small and quiet; tests add what they exercise.
-QUIET = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
+from tests.helpers.data import write_generated_data
 
 
-def have_fashion_mnist() -> bool:
-    return (SHARED_DATA / "fashion-mnist" / "train-images-idx3-ubyte.gz").is_file()
-
-
-needs_fashion_mnist = pytest.mark.skipif(not have_fashion_mnist(),
-                                         reason=f"Fashion-MNIST not found under {SHARED_DATA}")
-
-
-def cli_env(**extra: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env.pop("PYTHONDONTWRITEBYTECODE", None)  # halves `import lightning` time in every subprocess
-    env["LIGHTDIST_DATA"] = str(SHARED_DATA)
-    env["WANDB_MODE"] = "offline"
-    env.pop("WANDB_API_KEY", None)
-    for name in ("SLURM_JOB_ID", "SLURM_PROCID", "SLURM_NTASKS", "LOCAL_RANK", "RANK", "WORLD_SIZE",
-                 "LIGHTDIST_JOB_CONFIG", "TORCHELASTIC_RUN_ID"):
-        env.pop(name, None)
-    env.update(extra)
-    return env
-
-
-def run_cli(args: list[str], cwd: Path, timeout: float = 300, check: bool = True, env: dict | None = None,
-            module: str = "lightdist") -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env or cli_env(),
-                          capture_output=True, text=True, timeout=timeout)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"lightdist {' '.join(args)} exited {proc.returncode}\n"
-                             f"--- stdout ---\n{proc.stdout[-4000:]}\n--- stderr ---\n{proc.stderr[-6000:]}")
-    return proc
-
-
-def run_dirs(cwd: Path, name: str = "default") -> list[Path]:
-    """Run directories (those holding a config.yaml) under cwd/outputs/<name>/."""
-    return sorted(p.parent for p in (cwd / "outputs" / name).rglob("config.yaml") if p.parent.name != ".hydra")
-
-
-def read_summary(run_dir: Path) -> dict:
-    return json.loads((run_dir / "summary.json").read_text())
+@pytest.fixture(scope="session", autouse=True)
+def generated_data(tmp_path_factory) -> Path:
+    """Small learnable Fashion-MNIST and BBC News stand-ins in their canonical layouts, written once per
+    session (per xdist worker) and put under $LIGHTDIST_DATA for every test: the CLI in subprocesses
+    (tests.helpers.cli.cli_env passes it on) and commands run in this process alike. Tests that need
+    the real data pass tests.helpers.data.SHARED_DATA explicitly."""
+    root = write_generated_data(tmp_path_factory.mktemp("generated-data"))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("LIGHTDIST_DATA", str(root))
+        yield root
 
 
 @pytest.fixture

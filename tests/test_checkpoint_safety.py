@@ -20,7 +20,7 @@ from torch import nn
 
 from lightdist.checkpoints import UnsafeCheckpoint, load_consolidated, verify
 from lightdist.runs import read_weights
-from tests.conftest import QUIET, cli_env, needs_fashion_mnist, run_cli, run_dirs
+from tests.helpers.cli import QUIET, cli_env, run_cli, run_dirs
 
 TINY = ["data.train_subset=128", "data.val_subset=64", "data.test_subset=64", "trainer.max_epochs=1",
         "model.channels=[4,8]", "model.hidden=16", *QUIET]
@@ -170,7 +170,6 @@ def crafted_run(tiny_run, tmp_path, marker) -> Path:
     return run_dir
 
 
-@needs_fashion_mnist
 def test_real_checkpoints_still_load(tiny_run, tmp_path):
     out = tmp_path / "model.ckpt"
     proc = run_cli(["convert", str(tiny_run / "checkpoints" / "last.ckpt"), "-o", str(out)], cwd=tmp_path)
@@ -181,10 +180,9 @@ def test_real_checkpoints_still_load(tiny_run, tmp_path):
     assert read_weights(tiny_run).keys() == read_weights(out).keys()
 
 
-@needs_fashion_mnist
 def test_every_command_refuses_a_crafted_checkpoint(crafted_run, tmp_path, marker, capsys, monkeypatch):
     """convert in a subprocess (the real CLI); the others in process: each is refused before it builds anything."""
-    from lightdist.cli import main
+    from lightdist.main import main
 
     ckpt = crafted_run / "checkpoints" / "last.ckpt"
     assert_refused(run_cli(["convert", str(ckpt)], cwd=tmp_path, check=False), marker)
@@ -193,9 +191,9 @@ def test_every_command_refuses_a_crafted_checkpoint(crafted_run, tmp_path, marke
     np.save(tmp_path / "x.npy", np.zeros((28, 28), dtype=np.uint8))
     monkeypatch.chdir(tmp_path)
     train = ["+experiment=fashion_mnist_cnn", *TINY]
-    for args in ([*train, f"task.init_from={state_dict_file}"],
-                 [*train, f"task.init_from={crafted_run}"],
-                 [*train, f"task.distill.teacher={crafted_run}"],
+    for args in ([*train, f"transfer.init_from={state_dict_file}"],
+                 [*train, f"transfer.init_from={crafted_run}"],
+                 [*train, f"distill.teacher={crafted_run}"],
                  [*train, f"ckpt_path={ckpt}"],
                  ["eval", f"run_dir={crafted_run}"],
                  ["predict", f"run_dir={crafted_run}", f"image={tmp_path / 'x.npy'}"],

@@ -8,6 +8,7 @@ import lightning as L
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from lightdist import run_dir as rd
+from lightdist.compat import reopen_tensorboard
 from lightdist.loggers import ContinuingCSVLogger
 
 
@@ -29,10 +30,7 @@ class RunContinuity(L.Callback):
                 elif isinstance(logger, TensorBoardLogger) and trainer.is_global_zero:
                     # TensorBoard's own mechanism: a writer opened with purge_step hides the
                     # events at or after that step that earlier files of this run hold.
-                    if logger._experiment is not None:
-                        logger._experiment.close()
-                        logger._experiment = None
-                    logger._kwargs["purge_step"] = step
+                    reopen_tensorboard(logger, purge_step=step)
         if trainer.is_global_zero:
             rd.update_segment(Path(trainer.default_root_dir), start_step=step,
                               resumed_from=str(trainer.ckpt_path) if resumed else None)

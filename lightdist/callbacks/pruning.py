@@ -17,6 +17,8 @@ import torch
 from lightning.pytorch.callbacks import ModelPruning
 from torch import nn
 
+from lightdist.compat import pruning_targets
+
 
 @dataclass
 class SparsitySchedule:
@@ -65,12 +67,12 @@ class WeightPruning(ModelPruning):
         # torch's global_unstructured flattens every weight with .view(-1), which channels_last kernels
         # (task.channels_last) refuse: the weights are made contiguous for the pruning step only.
         restore = []
-        for module, name in self._parameters_to_prune:
+        for module, name in pruning_targets(self):
             for attr in (name, f"{name}_orig", f"{name}_mask"):
                 tensor = getattr(module, attr, None)
                 if not isinstance(tensor, torch.Tensor) or tensor.is_contiguous():
                     continue
-                if isinstance(tensor, nn.Parameter) or attr in module._buffers:
+                if isinstance(tensor, nn.Parameter) or attr in dict(module.named_buffers(recurse=False)):
                     restore.append(tensor)
                     tensor.data = tensor.data.contiguous()
                 else:  # the masked weight of an earlier pruning step, recomputed at every forward

@@ -15,6 +15,7 @@ from collections.abc import Iterator, Mapping
 from functools import partial
 from typing import Any
 
+from lightdist.compat import node_key, raw_value
 from lightdist.errors import ConfigError, LightdistError, one_line
 
 _HYDRA_KEYS = {"_target_", "_partial_", "_recursive_", "_convert_", "_args_"}
@@ -80,7 +81,7 @@ def _target_and_keys(spec: Any) -> tuple[str | None, dict[str, Any]]:
         from omegaconf import DictConfig
 
         if isinstance(spec, DictConfig):  # raw values: an interpolation may not resolve outside its job
-            keys = {k: spec._get_node(k)._value() for k in spec.keys()}
+            keys = {k: raw_value(spec, k) for k in spec.keys()}
         else:
             keys = dict(spec)
         target = keys.get("_target_")
@@ -98,3 +99,14 @@ def offending_key(message: str, keys: Mapping[str, Any]) -> str | None:
               if isinstance(v, (int, float, str)) and not isinstance(v, bool) and str(v)
               and re.search(rf"(?<![\w.\-]){re.escape(str(v))}(?![\w.]*\w)", message)]
     return quoted[0] if len(quoted) == 1 else None
+
+
+def instantiate_with_facts(node: Any, facts: Mapping[str, Any], **kwargs: Any) -> Any:
+    """Instantiate config node `node`, passing the data facts (num_classes, vocab_size...) its target accepts."""
+    from hydra.utils import instantiate
+
+    from lightdist.config.validate import accepted_kwargs
+
+    # _convert_="all": plain lists/dicts, so hyperparameters saved in checkpoints hold no OmegaConf types.
+    with building(str(node_key(node)), node):  # a refused value names model.<key> / task.<key>
+        return instantiate(node, **accepted_kwargs(node._target_, facts), **kwargs, _convert_="all")

@@ -9,10 +9,10 @@ accepts them, such as trainer.max_epochs or optimizer.lr) for a value of the sam
 of widths is no single width); the rest are dropped, and one info line names them. Keys given
 on the command line are never dropped (the checks judge them).
 
-Sharding strategies also turn task.channels_last off, with a warning: FSDP and DeepSpeed need
+Sharding strategies also turn channels_last off, with a warning: FSDP and DeepSpeed need
 contiguous parameters, and channels_last is only a speed option.
 
-The same adaptation runs on every composition: the preflight (lightdist.cli.compose) and
+The same adaptation runs on every composition: the preflight (lightdist.config.compose) and
 the Hydra job itself (each point of a multirun), from the choices Hydra recorded.
 """
 
@@ -126,17 +126,16 @@ def drop_stale_experiment_keys(cfg: DictConfig, choices: dict, overrides: list[s
 
 
 def plain_memory_format_for_sharding(cfg: DictConfig) -> str | None:
-    """task.channels_last (a speed option) off under FSDP/DeepSpeed, which need contiguous parameters."""
+    """channels_last (a speed option) off under FSDP/DeepSpeed, which need contiguous parameters."""
     from lightdist.config.validate import strategy_family
 
-    task = cfg.get("task")
-    if not isinstance(task, DictConfig) or task.get("channels_last") is not True:
+    if cfg.get("channels_last") is not True:
         return None
     family = strategy_family(cfg.get("strategy"))
     if family == "ddp":
         return None
-    task.channels_last = False
-    return (f"task.channels_last=true turned off under {family}: sharding needs contiguous parameters, which "
+    cfg.channels_last = False
+    return (f"channels_last=true turned off under {family}: sharding needs contiguous parameters, which "
             "channels_last convolution weights are not (it is only a speed option)")
 
 

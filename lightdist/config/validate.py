@@ -54,9 +54,8 @@ def _targets(node: Any, path: str) -> Iterator[tuple[str, DictConfig]]:
         if "_target_" in node:
             yield path, node
         for key in node.keys():
-            child = node._get_node(key)
-            if child is not None and not OmegaConf.is_interpolation(node, key):
-                value = node[key] if not child._is_missing() else None
+            if not OmegaConf.is_interpolation(node, key):
+                value = node[key] if not OmegaConf.is_missing(node, key) else None
                 yield from _targets(value, f"{path}.{key}" if path else str(key))
     elif isinstance(node, ListConfig):
         for i, item in enumerate(node):
@@ -109,8 +108,27 @@ def _describe(hint: Any) -> str:
     return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
 
 
+# Keys that left their node (old key or node -> new one): named as moved rather than guessed at.
+MOVED_KEYS = {f"task.{k}": f"transfer.{k}" for k in
+              ("init_from", "init_ckpt", "freeze_backbone_epochs", "backbone_lr_factor", "train_bn")} | {
+    "task.distill": "distill", "task.channels_last": "channels_last", "task.compile": "compile"}
+MOVED_NODES = {"task.distill"}
+
+
+def moved_key(where: str) -> str | None:
+    """The new name of `where` (dotted) when it, or a node above it, has moved."""
+    for old, new in MOVED_KEYS.items():
+        if where == old or where.startswith(old + "."):
+            return new + where[len(old):]
+    return None
+
+
 def unknown_key(where: str, valid: Iterable[str], target: str | None = None) -> ConfigError:
     """The error for key `where` (dotted) that is none of `valid`, with the nearest valid one as a guess."""
+    moved = moved_key(where)
+    if moved:
+        key = f"{moved}.<key>" if where in MOVED_NODES else moved
+        return ConfigError(f"'{where}' has moved to '{moved}'", hint=f"pass {key}=<value> instead")
     parent, _, key = where.rpartition(".")
     valid = sorted(str(k) for k in valid)
     close = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
@@ -202,7 +220,7 @@ def check_devices(trainer: DictConfig, gpus: int | None = None, cores: int | Non
                                "derives it) or change the tasks/GPUs per node")
     if nodes is not None and num_nodes != nodes:
         raise ConfigError(f"trainer.num_nodes={num_nodes} but the job asks for {nodes} node(s)",
-                          hint="drop trainer.num_nodes from the overrides or change --nodes")
+                          hint="drop trainer.num_nodes from the overrides, or change the job's node count (sbatch --nodes, preflight nodes=)")
     where = "this machine" if gpus is None else "each node of the requested allocation"
     if accelerator in ("gpu", "cuda"):
         gpus = torch.cuda.device_count() if gpus is None else gpus

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from lightdist.compat import is_script_launcher
 from lightdist.errors import RankFailed, error_line
 
 JOB_CONFIG_ENV = "LIGHTDIST_JOB_CONFIG"
@@ -89,9 +90,7 @@ def watch_ranks(trainer: Any, run_dir: str | Path) -> None:
     _reported = None
     # Only ranks this process starts as scripts itself (not srun's or torchrun's, which start every
     # rank; spawn/fork children report their own errors through Lightning's multiprocessing queue).
-    from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
-
-    if isinstance(launcher, _SubprocessScriptLauncher) and not launcher.cluster_environment.creates_processes_externally:
+    if is_script_launcher(launcher) and not launcher.cluster_environment.creates_processes_externally:
         threading.Thread(target=_watch, args=(launcher, Path(run_dir)), name="lightdist-rank-watch",
                          daemon=True).start()
 

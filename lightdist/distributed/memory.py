@@ -10,9 +10,7 @@ distinct storage once (views of one flat buffer count as the buffer).
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-import lightning as L
 import torch
-import torch.distributed as dist
 
 
 def _optimizer_tensors(optimizer: Any) -> Iterator[torch.Tensor]:
@@ -59,21 +57,3 @@ def model_state_bytes(module: torch.nn.Module, optimizers: list) -> dict[str, in
     counted["total"] = sum(counted.values())
     return counted
 
-
-class ModelStateSize(L.Callback):
-    """Measures model-state bytes on every rank after `after_steps` optimizer steps; rank 0 keeps all ranks'."""
-
-    def __init__(self, after_steps: int = 1):
-        self.after_steps = after_steps
-        self.per_rank: list[dict[str, int]] | None = None
-
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
-        if self.per_rank is not None or trainer.global_step < self.after_steps:
-            return
-        mine = model_state_bytes(pl_module, trainer.optimizers)
-        if dist.is_available() and dist.is_initialized() and trainer.world_size > 1:
-            gathered: list[Any] = [None] * trainer.world_size
-            dist.all_gather_object(gathered, mine)
-            self.per_rank = gathered
-        else:
-            self.per_rank = [mine]

@@ -15,6 +15,8 @@ training runs this handler replaces Lightning's own SIGTERM handler, which would
 broadcast from inside the signal handler and stop without a checkpoint. The checkpoint is
 written under a temporary name and renamed, so a SIGKILL in the middle of the save leaves the
 previous checkpoints as they were.
+
+The Lightning callback that does this is lightdist.callbacks.preemption.PreemptionHandler.
 """
 
 import logging
@@ -22,13 +24,8 @@ import os
 import shutil
 import signal
 import subprocess
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-
-import lightning as L
-import torch
-import torch.distributed as dist
 
 from lightdist.errors import ConfigError
 
@@ -94,79 +91,6 @@ def requeue_slurm_job() -> bool:
 
 class Preempted(Exception):
     """Raised on every rank at the same step, after the preemption checkpoint was saved."""
-
-
-class PreemptionHandler(L.Callback):
-    def __init__(self, signals: str | Sequence[str] = ("SIGUSR1", "SIGTERM"), check_every_n_steps: int = 1):
-        names = [signals] if isinstance(signals, str) else list(signals)
-        self.signums = list(dict.fromkeys(parse_signal(n) for n in names))
-        self.check_every_n_steps = max(1, int(check_every_n_steps))
-        self.signalled: signal.Signals | None = None
-        self.preempted = False
-        self._previous: dict[signal.Signals, Any] = {}
-        self._group: Any = None
-        self._saving = False
-
-    @classmethod
-    def from_config(cls, node: Any) -> "PreemptionHandler":
-        return cls([s.name for s in configured_signals(node)], node.get("check_every_n_steps", 1))
-
-    def _on_signal(self, signum: int, frame: Any) -> None:
-        # Nothing else: a signal handler may run in the middle of a collective.
-        self.signalled = self.signalled or signal.Signals(signum)
-
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        for signum in self.signums:
-            self._previous[signum] = signal.signal(signum, self._on_signal)
-        if trainer.world_size > 1 and dist.is_available() and dist.is_initialized():
-            # A CPU (gloo) group for this one flag, whatever the training backend.
-            self._group = None if dist.get_backend() == "gloo" else dist.new_group(backend="gloo")
-
-    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
-        if not self._saving:
-            return
-        # On restart Lightning adds one to its logging-step counter, because it assumes the
-        # checkpoint was taken at the end of a step, before the counter moved on. This one is
-        # taken between steps, after it moved: without the correction the resumed run would
-        # log every step under the next step's number.
-        loop = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_loop.state_dict", {})
-        if loop.get("_batches_that_stepped", 0) > 0:
-            loop["_batches_that_stepped"] -= 1
-
-    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # Back to Lightning's handlers for testing: a SIGTERM after training stops the job as before.
-        for signum, previous in self._previous.items():
-            signal.signal(signum, previous)
-        self._previous = {}
-
-    def _anyone_signalled(self, trainer: L.Trainer) -> bool:
-        if trainer.world_size == 1 or not dist.is_initialized():
-            return self.signalled is not None
-        flag = torch.tensor([int(self.signalled or 0)], dtype=torch.int32)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self._group)
-        return bool(flag.item())
-
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
-        # Between steps: the previous step is complete and logged, the next not begun, so the
-        # checkpoint and the metrics file end at the same step.
-        if self.preempted or trainer.global_step == 0 or trainer.global_step % self.check_every_n_steps:
-            return
-        if not self._anyone_signalled(trainer):
-            return
-        self.preempted = True
-        path = Path(trainer.default_root_dir) / "checkpoints" / PREEMPTED_CHECKPOINT
-        partial = path.with_name(f"{path.name}.partial")
-        self._saving = True
-        try:
-            # the full state (optimizer, loops) to resume from; collective for sharded strategies, ends with a barrier
-            trainer.save_checkpoint(partial, weights_only=False)
-        finally:
-            self._saving = False
-        if trainer.is_global_zero:
-            replace(partial, path)
-            why = self.signalled.name if self.signalled else "another rank's signal"
-            log.info(f"preemption ({why}): saved {path} at step {trainer.global_step}")
-        raise Preempted(f"preempted at step {trainer.global_step}; resume from {path}")
 
 
 def replace(source: Path, target: Path) -> None:

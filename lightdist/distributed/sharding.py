@@ -29,13 +29,14 @@ from lightning.fabric.utilities.seed import reset_seed
 from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy, FSDPStrategy
 from torch.nn import Module
 
+from lightdist.compat import WrapBeforeFSDP, init_deepspeed_distributed
 from lightdist.errors import ConfigError
 
 
-class CPUFSDPStrategy(FSDPStrategy):
+class CPUFSDPStrategy(WrapBeforeFSDP, FSDPStrategy):
     """FSDPStrategy with the CPU named as FSDP's device."""
 
-    def _setup_model(self, model: Module) -> Module:
+    def wrap_model(self, model: Module) -> Module:
         from torch.distributed.fsdp import FullyShardedDataParallel
 
         if not any(isinstance(m, FullyShardedDataParallel) for m in model.modules()):
@@ -48,7 +49,7 @@ class CPUFSDPStrategy(FSDPStrategy):
                 **self.kwargs,
             )
             self.kwargs.pop("auto_wrap_policy", None)  # applied above; Lightning would warn it is ignored
-        return super()._setup_model(model)
+        return model
 
 
 class CPUDeepSpeedStrategy(DeepSpeedStrategy):
@@ -65,7 +66,7 @@ class CPUDeepSpeedStrategy(DeepSpeedStrategy):
         # DeepSpeedStrategy.setup_distributed without its device-index check.
         reset_seed()
         self.set_world_ranks()
-        self._init_deepspeed_distributed()
+        init_deepspeed_distributed(self)
 
 
 def _classes(paths: list[str] | None) -> set[type] | None:
@@ -184,4 +185,4 @@ def check_module(strategy: Any, module: Module) -> None:
     """
     if isinstance(strategy, DeepSpeedStrategy) and not all(p.is_contiguous() for p in module.parameters()):
         raise ConfigError("DeepSpeed needs contiguous parameters, but this model has non-contiguous ones "
-                          "(channels_last convolution weights)", hint="set task.channels_last=false with DeepSpeed")
+                          "(channels_last convolution weights)", hint="set channels_last=false with DeepSpeed")

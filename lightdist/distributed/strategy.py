@@ -7,9 +7,9 @@ from typing import Any, NoReturn
 
 from hydra.utils import get_object, instantiate
 from lightning.pytorch.strategies import DDPStrategy as LightningDDPStrategy
-from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher
 from omegaconf import DictConfig, OmegaConf
 
+from lightdist.compat import EndSpawnedRanks, run_exit_handlers
 from lightdist.config.validate import signature_of
 
 RELEASE_TIMEOUT_S = 10.0
@@ -53,37 +53,22 @@ def exit_rank(code: int = 0) -> NoReturn:
     tensor aborts the process. Ending with os._exit leaves no finalization to race with:
     the atexit handlers run first, while the interpreter is whole.
     """
-    atexit._run_exitfuncs()  # logging's flush, loggers' hooks, the group release
+    run_exit_handlers()  # logging's flush, loggers' hooks, the group release
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
     os._exit(code)
 
 
-class _SpawnLauncher(_MultiProcessingLauncher):
-    """Lightning's spawn launcher whose children end with exit_rank once their result is handed over.
-
-    Only spawn needs it: fork and forkserver children already end with os._exit.
-    """
-
-    def _wrapping_function(self, *args: Any, **kwargs: Any) -> None:
-        # The result is on Lightning's SimpleQueue (written synchronously) when this returns;
-        # a failure raises past this line and keeps torch's error report and exit code 1.
-        super()._wrapping_function(*args, **kwargs)
-        exit_rank(0)
-
-
-class DDPStrategy(LightningDDPStrategy):
+class DDPStrategy(EndSpawnedRanks, LightningDDPStrategy):
     """Lightning's DDPStrategy whose ranks cannot abort at exit over a live gloo group.
 
     That matters under ddp_spawn: every fit() and test() runs in fresh processes that end as
     soon as it returns, with the group still alive (Lightning's teardown keeps it). Spawned
-    children end with exit_rank; every rank also releases its group at exit.
+    children end with exit_rank once their result is handed over (fork and forkserver children
+    already end with os._exit); every rank also releases its group at exit.
     """
 
-    def _configure_launcher(self) -> None:
-        super()._configure_launcher()
-        if self._start_method == "spawn":
-            self._launcher = _SpawnLauncher(self, start_method="spawn")
+    end_spawned_rank = staticmethod(exit_rank)
 
     def setup_environment(self) -> None:
         super().setup_environment()

@@ -72,5 +72,11 @@ def evaluation_metrics(num_classes: int, calibration_bins: int = 15, roc_thresho
         metrics["auroc" + suffix] = MulticlassAUROC(c, average=average, thresholds=roc_thresholds)
     if c > 5:
         metrics["accuracy_top5"] = MulticlassAccuracy(c, top_k=5, average="micro")
-    return MetricCollection(metrics)
+    # Shared states named, not discovered: torchmetrics' automatic grouping merges metrics whose
+    # states happen to be equal after the first batch, which each rank decides on its own batch. A
+    # model predicting few classes made two ranks group differently, and their synced states then
+    # crossed between metrics (per-class precision of 1.0 for a class never predicted).
+    groups = [[name + suffix for name in ("precision", "recall", "f1")] for suffix in ("", "_macro", "_weighted")]
+    groups.append(["roc", "auroc", "auroc_macro", "auroc_weighted"])  # every score, kept once
+    return MetricCollection(metrics, compute_groups=groups)
 

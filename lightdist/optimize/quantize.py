@@ -26,6 +26,7 @@ from typing import Literal, get_args
 import torch
 from torch import nn
 
+from lightdist import compat
 from lightdist.errors import ConfigError
 
 Method = Literal["auto", "static", "dynamic"]
@@ -122,7 +123,8 @@ def quantize_dynamic(model: nn.Module) -> nn.Module:
         raise ConfigError("this PyTorch has no torch.ao.quantization.quantize_dynamic",
                           hint="use quantize.method=static, or torch<=2.13")
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        # deliberate use of the deprecated API (module docstring)
+        warnings.filterwarnings("ignore", message="torch.ao.quantization is deprecated", category=DeprecationWarning)
         warnings.filterwarnings("ignore", message=".*quantize_per_tensor.*")
         return api(copy.deepcopy(model).eval(), set(_DYNAMIC_LAYERS), dtype=torch.qint8)
 
@@ -131,9 +133,7 @@ def quantize_dynamic(model: nn.Module) -> nn.Module:
 def inductor_freezing():
     """Inductor's freezing (weights as constants: int8 weights prepacked for the CPU kernels), for every
     compilation inside the block, later recompilations for new batch sizes included."""
-    from torch._inductor import config as inductor_config
-
-    with inductor_config.patch(freezing=True), torch.no_grad(), warnings.catch_warnings():
+    with compat.inductor_freezing(), torch.no_grad(), warnings.catch_warnings():
         # Inductor's int8 lowering copies tensors with torch.tensor(tensor): a warning about its own code
         warnings.filterwarnings("ignore", message="To copy construct from a tensor", category=UserWarning)
         yield

@@ -13,7 +13,6 @@ import math
 from collections.abc import Callable
 from typing import Any, Literal
 
-import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -21,8 +20,7 @@ from torch import nn
 from torchmetrics.aggregation import CatMetric, MeanMetric
 
 from lightdist.errors import ConfigError
-from lightdist.tasks.optim import build_optimizer
-from lightdist.tasks.schedules import plan_lengths
+from lightdist.tasks.base import Task
 
 
 def epsilon_at(step: int, start: float, end: float, decay_steps: int,
@@ -57,7 +55,7 @@ def polyak_update(target: nn.Module, online: nn.Module, tau: float) -> None:
         t.copy_(o)
 
 
-class DQNTask(L.LightningModule):
+class DQNTask(Task):
     def __init__(
         self,
         model: nn.Module,
@@ -79,7 +77,7 @@ class DQNTask(L.LightningModule):
         network `tau` of the way to the online one (1.0: hard copy; e.g. 0.005 every step: Polyak).
         Epsilon goes from `epsilon_start` to `epsilon_end` over `epsilon_decay_steps` environment
         steps summed over ranks. `priority_epsilon` keeps replay priorities above zero."""
-        super().__init__()
+        super().__init__(optimizer, scheduler)
         if target_update_interval < 1:
             raise ConfigError(f"task.target_update_interval must be at least 1, got {target_update_interval}")
         if not 0.0 < tau <= 1.0:
@@ -90,7 +88,6 @@ class DQNTask(L.LightningModule):
         self.save_hyperparameters(ignore=["model", "optimizer", "scheduler"])
         self.q_net = model
         self.target_net = copy.deepcopy(model).requires_grad_(False).eval()
-        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.num_actions = num_actions
         self.env_steps_total = 0  # as of the last batch trained on (restored from checkpoints)
         self.train_episode_return = MeanMetric()
@@ -164,7 +161,7 @@ class DQNTask(L.LightningModule):
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         td = self.td_errors(batch)
         weights = batch.get("weights")
-        loss = self.loss(td, weights)
+        loss = self.training_loss(batch, td, self.loss(td, weights))  # plus terms added by callbacks
         if weights is not None:
             self.trainer.datamodule.update_priorities(batch["indices"], td.detach().abs() + self.hparams.priority_epsilon)
         self.env_steps_total = int(batch["env_steps"]) * self.trainer.world_size
@@ -236,13 +233,8 @@ class DQNTask(L.LightningModule):
         self._log_episodes("test")
 
     # -- optimizer and checkpoints -------------------------------------------------------------------------
-    def configure_optimizers(self) -> Any:
-        optimizer = build_optimizer(self.optimizer_factory, self.q_net)
-        if self.scheduler_factory is None:
-            return optimizer
-        total, steps_per_epoch = plan_lengths(self.trainer)
-        return {"optimizer": optimizer,
-                "lr_scheduler": self.scheduler_factory(optimizer, total_steps=total, steps_per_epoch=steps_per_epoch)}
+    def optimized_module(self) -> nn.Module:
+        return self.q_net  # the target network follows it by copies, not by gradients
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["exploration"] = {"env_steps_total": self.env_steps_total,

@@ -27,6 +27,7 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
+from lightdist.compat import trial_id
 from lightdist.errors import ConfigError
 from lightdist.sweeps import FOLD_KEY
 
@@ -153,7 +154,7 @@ class OptunaSearch(Sweeper):
                         job.append(f"{FOLD_KEY}={fold}")
                     if pruning and fold is None:  # one trial, one run: the run reports to the trial
                         job += [f"search_trial.storage='{storage}'", f"search_trial.study={self.study_name}",
-                                f"search_trial.trial_id={trial._trial_id}"]
+                                f"search_trial.trial_id={trial_id(trial)}"]
                     jobs.append(job)
                     owners.append(trial)
             self.validate_batch_is_legal(jobs)

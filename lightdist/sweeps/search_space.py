@@ -12,6 +12,7 @@ The same override grammar users already write for grid sweeps describes the spac
 from dataclasses import dataclass
 from typing import Any
 
+from lightdist.compat import override_value_text
 from lightdist.errors import ConfigError
 
 
@@ -22,10 +23,8 @@ class Dimension:
     override: Any  # the parsed Hydra override
 
     def as_override(self, value: Any) -> str:
-        from hydra.core.override_parser.overrides_parser import Override
-
         # Hydra's own formatting (escapes and quoting), as its basic sweeper writes sweep points.
-        return f"{self.key}={Override._get_value_element_as_str(value)}"
+        return f"{self.key}={override_value_text(value)}"
 
 
 def parse(overrides: list[str]) -> tuple[list[Dimension], list[str]]:

@@ -1,7 +1,8 @@
 """Text classification: the shared classification task, fed (token ids, lengths) batches.
 
 Loss, metrics synced across ranks, the confusion matrix with label names, optimizer groups
-and schedules all come from ClassificationTask; only the model call differs.
+and schedules all come from ClassificationTask; only the model call differs, and a teacher
+to distil from must read the same token ids.
 """
 
 from typing import Any

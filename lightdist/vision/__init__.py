@@ -1,1 +1,2 @@
-"""Image classification: data modules for image datasets, augmentation, CNN and ResNet models, the image task."""
+"""Image classification: data modules for image datasets, augmentation, CNN and ResNet models
+(the task is the shared lightdist.tasks.classification.ClassificationTask)."""
