@@ -6,6 +6,7 @@ import shutil
 import tempfile
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,42 +46,54 @@ def download(remote: RemoteFile, target: Path, timeout: float = 30.0) -> None:
     tmp_path.replace(target)
 
 
+def fetch_files(remote: tuple[RemoteFile, ...], after_download=None) -> Callable[[Path], None]:
+    """A `fetch` for locate(): download each remote file missing from the folder (md5-checked), then
+    `after_download(folder)` (e.g. untar)."""
+    def fetch(target: Path) -> None:
+        for item in remote:
+            if not (target / item.name).is_file():
+                download(item, target / item.name)
+        if after_download is not None:
+            after_download(target)
+
+    return fetch
+
+
 def locate(
     root: str | Path,
     folders: tuple[str, ...],
     required: tuple[str, ...],
-    remote: tuple[RemoteFile, ...],
     dataset: str,
     allow_download: bool,
-    after_download=None,
+    fetch: Callable[[Path], None],
+    present: Callable[[Path], bool] | None = None,
     download_key: str = "data.download",
 ) -> Path:
-    """The first of `root/<folder>` (or `root` itself) holding every required file; else downloads into the first.
+    """The first of `root/<folder>` (or `root` itself) holding the dataset; else `fetch(first folder)` downloads it.
 
-    `root` may be the data folder (holding `<folder>/`) or the dataset's own folder. A failed
-    download leaves nothing behind: folders created for it are removed again.
-    `after_download(folder)` turns downloaded archives into the required files (e.g. untar);
-    `download_key` is the config key that switches downloads, for the error message.
+    `root` may be the data folder (holding `<folder>/`) or the dataset's own folder. A folder holds the
+    dataset when `present(folder)` (by default: every required file is there). A failed download leaves
+    nothing behind: folders created for it are removed again. `download_key` is the config key that
+    switches downloads, for the error message.
     """
     root = Path(root).expanduser()
+    if present is None:
+        def present(folder: Path) -> bool:
+            return all((folder / name).is_file() for name in required)
     for folder in (*folders, ""):
-        if all((root / folder / name).is_file() for name in required):
+        if present(root / folder):
             return root / folder
     target = root / folders[0]
     why = f"downloads are off ({download_key}=false)"
     if allow_download:
         created = [p for p in (target, *target.parents) if not p.exists()]
         try:
-            for item in remote:
-                if not (target / item.name).is_file():
-                    download(item, target / item.name)
-            if after_download is not None:
-                after_download(target)
-            if all((target / name).is_file() for name in required):
+            fetch(target)
+            if present(target):
                 return target
             why = "the download did not contain the expected files"
-        except OSError as exc:
-            why = f"it could not be downloaded ({exc})"
+        except (OSError, RuntimeError, ValueError) as exc:  # torchvision raises URLError (an OSError) or RuntimeError
+            why = f"it could not be downloaded ({' '.join(str(exc).split())})"
         for folder in created:  # innermost first; a folder that got files (a checked download) stays
             with contextlib.suppress(OSError):
                 folder.rmdir()

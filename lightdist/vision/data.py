@@ -14,8 +14,8 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
+from lightdist.data import download
 from lightdist.data.base import ClassificationDataModule
-from lightdist.data.download import RemoteFile, locate
 from lightdist.data.splits import KFold, holdout_count, stratified_split, stratified_subset
 from lightdist.errors import DataError
 from lightdist.vision import cifar, idx
@@ -26,54 +26,48 @@ from lightdist.vision.augment import ImageAugmentation
 class VisionDataset:
     title: str
     folders: tuple[str, ...]  # first one is where downloads go
-    files: tuple[str, ...]
-    remote: tuple[RemoteFile, ...]
-    read: Callable[[Path, bool], tuple[np.ndarray, np.ndarray]]
-    classes: tuple[str, ...] | Callable[[Path], list[str]]  # names, or read from the files
+    files: tuple[str, ...]  # named in the error when none of the folders holds them
+    kind: type  # the torchvision.datasets class (lightdist.vision.idx / cifar) that reads and downloads
+    read: Callable[[type, Path, bool], tuple[np.ndarray, np.ndarray]]
+    present: Callable[[Path], bool]
+    download: Callable[[Path, type], None]
+    classes: tuple[str, ...] | Callable[[type, Path], list[str]]  # names, or read from the files
     in_channels: int
     image_size: int
     num_classes: int
     train_size: Callable[[Path], int]  # cheap: what data.val_size is checked against before a run
-    after_download: Callable[[Path], None] | None = None
 
 
-def _idx_reader(folder: Path, train: bool):
-    return idx.read_split(folder, "train" if train else "t10k")
+def _idx_read(kind: type, folder: Path, train: bool) -> tuple[np.ndarray, np.ndarray]:
+    return idx.read_split(folder, "train" if train else "t10k", kind)
 
 
 def _idx_train_size(folder: Path) -> int:
-    return len(idx.read_idx(folder / "train-labels-idx1-ubyte.gz"))
+    name = idx.IDX_FILES[1]
+    return len(idx.read_idx(folder / name if (folder / name).is_file() else folder / name.removesuffix(".gz")))
 
 
-def _idx_remote(base_url: str, *md5s: str) -> tuple[RemoteFile, ...]:
-    return tuple(RemoteFile(name, base_url + name, md5) for name, md5 in zip(idx.IDX_FILES, md5s))
+def _cifar_present(files: tuple[str, ...]) -> Callable[[Path], bool]:
+    return lambda folder: all((folder / name).is_file() for name in files)
 
-
-_FASHION = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
-_MNIST = "https://ossci-datasets.s3.amazonaws.com/mnist/"
-_CIFAR = "https://www.cs.toronto.edu/~kriz/"
 
 DATASETS: dict[str, VisionDataset] = {
     "fashion_mnist": VisionDataset(
         title="Fashion-MNIST",
         folders=("fashion-mnist", "FashionMNIST/raw"),
         files=idx.IDX_FILES,
-        # md5 of the canonical release files (Zalando Research).
-        remote=_idx_remote(_FASHION, "8d4fb7e6c68d591d4c3dfef9ec88bf0d", "25c81989df183df01b3e8a0aad5dffbe",
-                           "bef4ecab320f06d8554ea6380940ec79", "bb300cfdad3c16e7a12a480ee83cd310"),
-        read=_idx_reader,
+        kind=idx.FashionMNISTFiles,
+        read=_idx_read, present=idx.present, download=idx.download,
         train_size=_idx_train_size,
-        classes=("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
-                 "Ankle boot"),
+        classes=tuple(idx.FashionMNISTFiles.classes),
         in_channels=1, image_size=28, num_classes=10,
     ),
     "mnist": VisionDataset(
         title="MNIST",
         folders=("mnist", "MNIST/raw"),
         files=idx.IDX_FILES,
-        remote=_idx_remote(_MNIST, "f68b3c2dcbeaaa9fbdd348bbdeb94873", "d53e105ee54ea40749a09fcbcd1e9432",
-                           "9fb629c4189551a2d022fa330f9573f3", "ec29112dd5afa0611ce80d1b7f02629c"),
-        read=_idx_reader,
+        kind=idx.MNISTFiles,
+        read=_idx_read, present=idx.present, download=idx.download,
         train_size=_idx_train_size,
         classes=tuple(str(d) for d in range(10)),
         in_channels=1, image_size=28, num_classes=10,
@@ -82,27 +76,29 @@ DATASETS: dict[str, VisionDataset] = {
         title="CIFAR-10",
         folders=("cifar-10-batches-py",),
         files=cifar.CIFAR10_FILES,
-        remote=(RemoteFile("cifar-10-python.tar.gz", _CIFAR + "cifar-10-python.tar.gz",
-                           "c58f30108f718f92721af3b95e74349a"),),
-        read=cifar.read_cifar10,
+        kind=cifar.CIFAR10Files,
+        read=cifar.read, present=_cifar_present(cifar.CIFAR10_FILES), download=cifar.download,
         train_size=lambda folder: 50000,  # five canonical batches of 10000
-        classes=cifar.cifar10_classes,
+        classes=cifar.classes,
         in_channels=3, image_size=32, num_classes=10,
-        after_download=cifar.extract_archive,
     ),
     "cifar100": VisionDataset(
         title="CIFAR-100",
         folders=("cifar-100-python",),
         files=cifar.CIFAR100_FILES,
-        remote=(RemoteFile("cifar-100-python.tar.gz", _CIFAR + "cifar-100-python.tar.gz",
-                           "eb9058c3a382ffc7106e4002c42a8d85"),),
-        read=cifar.read_cifar100,
+        kind=cifar.CIFAR100Files,
+        read=cifar.read, present=_cifar_present(cifar.CIFAR100_FILES), download=cifar.download,
         train_size=lambda folder: 50000,
-        classes=cifar.cifar100_classes,
+        classes=cifar.classes,
         in_channels=3, image_size=32, num_classes=100,
-        after_download=cifar.extract_archive,
     ),
 }
+
+
+def locate(spec: VisionDataset, root: str | Path, allow_download: bool) -> Path:
+    """The dataset's folder under `root` (or `root` itself); else torchvision downloads it into the first."""
+    return download.locate(root, spec.folders, spec.files, spec.title, allow_download,
+                           fetch=lambda target: spec.download(target, spec.kind), present=spec.present)
 
 
 def channel_stats(images: np.ndarray, chunk: int = 8192) -> tuple[np.ndarray, np.ndarray]:
@@ -158,9 +154,7 @@ class VisionDataModule(ClassificationDataModule):
 
     def _locate(self, allow_download: bool) -> Path:
         if self._folder is None:
-            s = self.spec
-            self._folder = locate(self.root, s.folders, s.files, s.remote, s.title, allow_download,
-                                  s.after_download)
+            self._folder = locate(self.spec, self.root, allow_download)
         return self._folder
 
     def facts(self) -> dict[str, Any]:
@@ -170,7 +164,7 @@ class VisionDataModule(ClassificationDataModule):
             "in_channels": s.in_channels,
             "image_size": s.image_size,
             "class_names": list(s.classes) if isinstance(s.classes, tuple) else s.classes(
-                self._locate(self.download)),
+                s.kind, self._locate(self.download)),
         }
 
     def check_available(self) -> None:
@@ -185,8 +179,8 @@ class VisionDataModule(ClassificationDataModule):
         if self.train_set is not None:
             return
         folder = self._locate(allow_download=False)
-        images, labels = self.spec.read(folder, True)
-        test_images, test_labels = self.spec.read(folder, False)
+        images, labels = self.spec.read(self.spec.kind, folder, True)
+        test_images, test_labels = self.spec.read(self.spec.kind, folder, False)
         if labels.max() >= self.spec.num_classes or test_labels.max() >= self.spec.num_classes:
             raise DataError(f"{folder}: labels exceed the {self.spec.num_classes} classes of {self.spec.title}",
                             hint="check data.dataset matches the files")

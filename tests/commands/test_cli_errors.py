@@ -216,15 +216,15 @@ def test_a_killed_rank_is_named_in_one_line(workdir, mnist_root):
 
 
 def test_locate_reads_the_dataset_folder_itself_and_a_failed_download_creates_no_folder(tmp_path, mnist_root):
-    from lightdist.data.download import RemoteFile, locate
+    from lightdist.data.download import RemoteFile, fetch_files, locate
     from lightdist.errors import DataError
     from lightdist.vision.idx import IDX_FILES
 
-    assert locate(mnist_root / "mnist", ("mnist",), IDX_FILES, (), "MNIST", False) == mnist_root / "mnist"
+    assert locate(mnist_root / "mnist", ("mnist",), IDX_FILES, "MNIST", False, fetch_files(())) == mnist_root / "mnist"
     nowhere = tmp_path / "not" / "yet"
     refused = (RemoteFile(IDX_FILES[0], "http://127.0.0.1:9/" + IDX_FILES[0], "0" * 32),)  # nothing listens
     with pytest.raises(DataError, match="could not be downloaded"):
-        locate(nowhere, ("mnist",), IDX_FILES, refused, "MNIST", True)
+        locate(nowhere, ("mnist",), IDX_FILES, "MNIST", True, fetch_files(refused))
     assert list(tmp_path.iterdir()) == []
 
 

@@ -43,19 +43,20 @@ def write_mnist(root: Path, n_train: int = 300, n_test: int = 100, seed: int = 0
 
 
 def write_cifar10(root: Path, per_batch: int = 20, seed: int = 0) -> Path:
-    """The canonical cifar-10-batches-py layout: 5 train batches, a test batch, batches.meta."""
+    """The canonical cifar-10-batches-py layout: 5 train batches, a test batch, batches.meta (str keys and
+    names, as the Python 2 pickles of the release load with encoding="latin1")."""
     rng = np.random.default_rng(seed)
     folder = root / "cifar-10-batches-py"
     folder.mkdir(parents=True)
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        batch = {b"batch_label": name.encode(), b"labels": list(rng.integers(0, 10, per_batch)),
-                 b"data": rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8),
-                 b"filenames": [f"{i}.png".encode() for i in range(per_batch)]}
+        batch = {"batch_label": name, "labels": [int(v) for v in rng.integers(0, 10, per_batch)],
+                 "data": rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8),
+                 "filenames": [f"{i}.png" for i in range(per_batch)]}
         with open(folder / name, "wb") as f:
             pickle.dump(batch, f, protocol=2)
-    names = [b"airplane", b"automobile", b"bird", b"cat", b"deer", b"dog", b"frog", b"horse", b"ship", b"truck"]
+    names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
     with open(folder / "batches.meta", "wb") as f:
-        pickle.dump({b"label_names": names, b"num_cases_per_batch": per_batch, b"num_vis": 3072}, f, protocol=2)
+        pickle.dump({"label_names": names, "num_cases_per_batch": per_batch, "num_vis": 3072}, f, protocol=2)
     return folder
 
 
@@ -65,9 +66,26 @@ def write_cifar100(root: Path, n_train: int = 300, n_test: int = 100, seed: int 
     folder.mkdir(parents=True)
     for name, n in (("train", n_train), ("test", n_test)):
         with open(folder / name, "wb") as f:
-            pickle.dump({b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
-                         b"fine_labels": list(np.arange(n) % 100), b"coarse_labels": list(np.arange(n) % 20)}, f)
+            pickle.dump({"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+                         "fine_labels": [i % 100 for i in range(n)], "coarse_labels": [i % 20 for i in range(n)]}, f)
     with open(folder / "meta", "wb") as f:
-        pickle.dump({b"fine_label_names": [f"class{i}".encode() for i in range(100)],
-                     b"coarse_label_names": [f"super{i}".encode() for i in range(20)]}, f)
+        pickle.dump({"fine_label_names": [f"class{i}" for i in range(100)],
+                     "coarse_label_names": [f"super{i}" for i in range(20)]}, f)
+    return folder
+
+
+def write_class_folders(folder: Path, colours: dict[str, tuple[int, int, int]], per_class: int, size: int = 12,
+                        noise: float = 20.0, seed: int = 0) -> Path:
+    """folder/<class>/<i>.png, the layout of data=image_folder: each class a flat colour under Gaussian
+    noise, so that a small CNN tells them apart in a few steps."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for name, colour in colours.items():
+        (folder / name).mkdir(parents=True)
+        for i in range(per_class):
+            pixels = np.broadcast_to(np.asarray(colour, np.float64), (size, size, 3))
+            if noise:
+                pixels = pixels + rng.normal(0, noise, (size, size, 3))
+            Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(folder / name / f"{i}.png")
     return folder

@@ -25,9 +25,9 @@ def test_cifar10_canonical_layout(tmp_path):
     assert images.shape == (3, 32, 32) and images.dtype == torch.uint8
     # The loader keeps rows exactly as stored: channel-major 3072-byte rows reshape to CHW.
     with open(folder / "test_batch", "rb") as f:
-        raw = pickle.load(f, encoding="bytes")
-    assert torch.equal(dm.test_set.tensors[0][0], torch.from_numpy(raw[b"data"][0].reshape(3, 32, 32)))
-    assert dm.test_set.tensors[1][0].item() == raw[b"labels"][0]
+        raw = pickle.load(f, encoding="latin1")
+    assert torch.equal(dm.test_set.tensors[0][0], torch.from_numpy(raw["data"][0].reshape(3, 32, 32)))
+    assert dm.test_set.tensors[1][0].item() == raw["labels"][0]
     x, _ = dm.on_after_batch_transfer(next(iter(dm.train_dataloader())), 0)
     assert x.dtype == torch.float32 and abs(x.mean().item()) < 0.2
 
@@ -63,7 +63,7 @@ def test_idx_reader_and_truncation(tmp_path):
     # a truncated file is named in the error
     raw = gzip.decompress((folder / "t10k-images-idx3-ubyte.gz").read_bytes())
     (folder / "t10k-images-idx3-ubyte.gz").write_bytes(gzip.compress(raw[:-100]))
-    with pytest.raises(DataError, match="truncated"):
+    with pytest.raises(DataError, match="t10k files are truncated"):
         VisionDataModule("mnist", root=str(tmp_path), download=False).setup("fit")
 
 
@@ -89,3 +89,33 @@ def test_channel_stats_match_numpy():
     x = images.astype(np.float64) / 255
     np.testing.assert_allclose(mean, x.mean(axis=(0, 2, 3)), rtol=1e-5)
     np.testing.assert_allclose(std, x.std(axis=(0, 2, 3)), rtol=1e-4)
+
+
+def test_torchvision_layout_and_the_dataset_folder_itself(tmp_path):
+    """FashionMNIST/raw/ unpacked (as torchvision's download leaves it) reads as the gzipped release files do;
+    data.root may also be the dataset's folder itself."""
+    gz_root = tmp_path / "gz"
+    folder = write_mnist(gz_root, n_train=100, n_test=30)
+    raw = tmp_path / "tv" / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for path in folder.iterdir():
+        (raw / path.name.removesuffix(".gz")).write_bytes(gzip.decompress(path.read_bytes()))
+    modules = [VisionDataModule("mnist", root=str(r), val_size=10, download=False)
+               for r in (gz_root, tmp_path / "tv", folder)]
+    for dm in modules:
+        dm.setup("fit")
+    assert modules[1]._folder == raw and modules[2]._folder == folder
+    for dm in modules[1:]:
+        assert torch.equal(dm.test_set.tensors[0], modules[0].test_set.tensors[0])
+        assert torch.equal(dm.train_set.tensors[1], modules[0].train_set.tensors[1])
+
+
+def test_failed_download_names_the_fix_and_leaves_no_folder(tmp_path, monkeypatch):
+    from lightdist.vision import idx
+
+    monkeypatch.setattr(idx.MNISTFiles, "mirrors", ["http://127.0.0.1:9/"])  # nothing listens there
+    root = tmp_path / "not" / "yet"
+    with pytest.raises(DataError, match="MNIST not found under .* could not be downloaded") as err:
+        VisionDataModule("mnist", root=str(root), download=True).prepare_data()
+    assert "mnist/" in err.value.hint
+    assert list(tmp_path.iterdir()) == []

@@ -11,7 +11,7 @@ A corpus without a val or test split gets seeded stratified ones from the data m
 from dataclasses import dataclass
 from pathlib import Path
 
-from lightdist.data.download import RemoteFile, locate
+from lightdist.data.download import RemoteFile, fetch_files, locate
 from lightdist.errors import DataError
 from lightdist.text.data.readers import (
     Decoding,
@@ -139,8 +139,9 @@ class AGNewsCorpus(Corpus):
             # md5 of the canonical files (the ones torchtext also checks).
             remote = (RemoteFile("train.csv", _AG_NEWS_URL + "train.csv", "b1a00f826fdfbd249f79597b59e1dc12"),
                       RemoteFile("test.csv", _AG_NEWS_URL + "test.csv", "d52ea96a97a2d943681189a97654912d"))
-            self._folder = locate(self.root, ("ag_news_csv",), AG_NEWS_FILES, remote, self.title,
-                                  allow_download and self.download, download_key="data.corpus.download")
+            self._folder = locate(self.root, ("ag_news_csv",), AG_NEWS_FILES, self.title,
+                                  allow_download and self.download, fetch_files(remote),
+                                  download_key="data.corpus.download")
 
     def class_names(self, folder: Path) -> list[str]:
         path = folder / "classes.txt"
