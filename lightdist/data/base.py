@@ -51,6 +51,7 @@ class ClassificationDataModule(DataModule):
         num_workers: int = 0,
         pin_memory: bool = False,
         persistent_workers: bool = False,
+        prefetch_factor: int | None = None,
     ):
         super().__init__()
         if batch_size < 1:
@@ -62,6 +63,8 @@ class ClassificationDataModule(DataModule):
         self.num_workers = num_workers
         self.pin_memory = pin_memory
         self.persistent_workers = persistent_workers and num_workers > 0
+        # batches each worker loads ahead; torch refuses the option without workers
+        self.prefetch_factor = prefetch_factor if num_workers > 0 else None
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
         self.test_set: Dataset | None = None
@@ -91,6 +94,7 @@ class ClassificationDataModule(DataModule):
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers,
+            prefetch_factor=self.prefetch_factor,
             collate_fn=self.collate_fn(),
         )
 

@@ -39,6 +39,18 @@ def holdout_count(holdout: int | float, n: int, key: str) -> int:
     return count
 
 
+def pick(items: list, labels: np.ndarray, index: np.ndarray) -> tuple[list, np.ndarray]:
+    """The samples at `index`: (items, labels)."""
+    return [items[i] for i in index], labels[index]
+
+
+def balanced_subsets(splits: dict[str, tuple[list, np.ndarray]], sizes: dict[str, int | None], seed: int
+                     ) -> dict[str, tuple[list, np.ndarray]]:
+    """Each split (items, labels) cut to a class-balanced subset of its size in `sizes` (None: all of it)."""
+    return {split: pick(items, labels, stratified_subset(labels, sizes.get(split), seed))
+            for split, (items, labels) in splits.items()}
+
+
 def stratified_subset(labels: np.ndarray, size: int | None, seed: int) -> np.ndarray:
     """Indices of a class-balanced subset of `size` samples (all of them when size is None or too big)."""
     n = len(labels)

@@ -20,6 +20,11 @@ from lightdist.tasks.base import Task
 from lightdist.tasks.metrics import classification_metrics, save_confusion_matrix
 
 
+def class_indices(targets: torch.Tensor) -> torch.Tensor:
+    """Class indices (N) as they are; class probabilities (N x C) as their most likely class."""
+    return targets.argmax(dim=-1) if targets.is_floating_point() and targets.ndim > 1 else targets
+
+
 class ClassificationTask(Task):
     def __init__(
         self,
@@ -83,11 +88,14 @@ class ClassificationTask(Task):
     # epoch. Handing Lightning a torchmetrics object in every step's self.log moves the whole
     # metric to the device again on each call: measured at 1.4 ms per call, more than a small
     # model's step. The per-step training accuracy is a plain tensor for the same reason.
+    # Targets are class indices (N) or class probabilities (N x C: MixUp/CutMix soft targets, which
+    # CrossEntropyLoss takes as they are, label smoothing included); accuracy and metrics count the
+    # most likely class of a soft target.
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         logits, targets, loss = self._step(batch)
         n = len(targets)
         loss = self.training_loss(batch, logits, loss)  # terms added by callbacks (distillation)
-        accuracy = (logits.detach().argmax(dim=-1) == targets).float().mean()
+        accuracy = (logits.detach().argmax(dim=-1) == class_indices(targets)).float().mean()
         self.log("train/loss", loss, prog_bar=True, batch_size=n)
         self.log("train/acc", accuracy, on_step=True, on_epoch=False, batch_size=n)
         return loss
@@ -95,7 +103,7 @@ class ClassificationTask(Task):
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         logits, targets, loss = self._step(batch)
         self.val_loss.update(loss, weight=len(targets))
-        self.val_metrics.update(logits, targets)
+        self.val_metrics.update(logits, class_indices(targets))
 
     def on_validation_epoch_end(self) -> None:
         self._log_epoch_metrics("val/", self.val_loss, self.val_metrics)
@@ -103,6 +111,7 @@ class ClassificationTask(Task):
     def test_step(self, batch: Any, batch_idx: int) -> None:
         logits, targets, loss = self._step(batch)
         self.test_loss.update(loss, weight=len(targets))
+        targets = class_indices(targets)
         self.test_metrics.update(logits, targets)
         self.test_confusion.update(logits, targets)
 

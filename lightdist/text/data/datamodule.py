@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from lightdist.data.base import ClassificationDataModule
 from lightdist.data.samplers import BucketBatchSampler
-from lightdist.data.splits import KFold, stratified_split, stratified_subset
+from lightdist.data.splits import KFold, balanced_subsets, pick, stratified_split
 from lightdist.errors import ConfigError, DataError
 from lightdist.text.data.batching import PadCollate, TokenizedTexts
 from lightdist.text.data.corpora import Corpus
@@ -121,22 +121,17 @@ class TextDataModule(ClassificationDataModule):
                 continue
             if split == "val" and self.kfold:
                 keep, held = self.kfold.split(labels["train"], self.split_seed)
-                texts["val"], labels["val"] = [texts["train"][i] for i in held], labels["train"][held]
-                texts["train"], labels["train"] = [texts["train"][i] for i in keep], labels["train"][keep]
+                texts["val"], labels["val"] = pick(texts["train"], labels["train"], held)
+                texts["train"], labels["train"] = pick(texts["train"], labels["train"], keep)
                 continue
             count = _holdout_count(size, total, f"{split}_size")
             try:
                 keep, held = stratified_split(labels["train"], count, self.split_seed)
             except ValueError as exc:
                 raise ConfigError(f"data.{split}_size={size}: {exc}", hint="hold out fewer samples") from exc
-            texts[split] = [texts["train"][i] for i in held]
-            labels[split] = labels["train"][held]
-            texts["train"] = [texts["train"][i] for i in keep]
-            labels["train"] = labels["train"][keep]
-        out = {}
-        for split in SPLITS:
-            chosen = stratified_subset(labels[split], self.subsets[split], self.split_seed)
-            out[split] = ([texts[split][i] for i in chosen], labels[split][chosen])
+            texts[split], labels[split] = pick(texts["train"], labels["train"], held)
+            texts["train"], labels["train"] = pick(texts["train"], labels["train"], keep)
+        out = balanced_subsets({s: (texts[s], labels[s]) for s in SPLITS}, self.subsets, self.split_seed)
         self.class_names = list(names)
         self._splits = out
         return out
