@@ -137,6 +137,16 @@ class Run:
         return self.task.model
 
 
+def without_pretrained(cfg: Any) -> Any:
+    """`cfg` with its model built from scratch: the checkpoint holds every weight, so a pretrained
+    backbone (model.pretrained, model.weights) is not read, or downloaded, again."""
+    from omegaconf import OmegaConf
+
+    model = cfg.get("model") or {}
+    off = {key: value for key, value in (("pretrained", False), ("weights", None)) if model.get(key)}
+    return OmegaConf.merge(cfg, {"model": off}) if off else cfg
+
+
 def load_run(source: str | Path, ckpt: str = "best", cfg: Any = None) -> Run:
     """Rebuild the run that `source` (a run directory or a checkpoint inside one) belongs to, in eval mode.
 
@@ -162,7 +172,7 @@ def load_run(source: str | Path, ckpt: str = "best", cfg: Any = None) -> Run:
     if state and hasattr(datamodule, "load_state_dict"):
         datamodule.load_state_dict(state)
     facts = datamodule.facts()
-    task = build_task(cfg, facts)
+    task = build_task(without_pretrained(cfg), facts)
     missing, unexpected = task.load_state_dict(checkpoint["state_dict"], strict=False)
     if [k for k in missing if k.startswith("model.")] or unexpected:
         raise CheckpointError(f"{checkpoint_path} does not fit the model of {run / rd.CONFIG_FILE} "

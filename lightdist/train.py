@@ -30,7 +30,8 @@ from lightdist.distributed.sharding import check_module, needs_consolidated_weig
 from lightdist.distributed.strategy import build_strategy, processes_per_node
 from lightdist.distributed.threads import configure_threads
 from lightdist.loggers import finish_wandb
-from lightdist.runs import build_task
+from lightdist.runs import build_task, without_pretrained
+from lightdist.tasks.transfer import pretrained_statistics
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +133,10 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     datamodule = instantiate(cfg.data)
     facts = datamodule.facts()
     task = build_task(cfg, facts)
+    # A pretrained backbone's normalisation, for a data module that takes it (it decides: data.normalize=auto).
+    stats = pretrained_statistics(getattr(task, "model", task))
+    if stats and hasattr(datamodule, "use_statistics") and datamodule.use_statistics(*stats):
+        log.info("normalising with the pretrained backbone's statistics (mean %s, std %s)", *stats)
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), run_dir)
     trainer = build_trainer(cfg, run_dir)
     watch_ranks(trainer, run_dir)  # a rank > 0 that dies is named in one line
@@ -171,7 +176,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                 final = str(run_dir / CHECKPOINT_DIR / "final-weights.ckpt")
                 trainer.save_checkpoint(final, weights_only=True)
             tested = best or final
-            test_task, test_ckpt = (build_task(cfg, facts), tested) if tested else (task, None)
+            # rebuilt for the checkpoint's weights: a pretrained backbone is not read (or downloaded) again
+            test_task, test_ckpt = (build_task(without_pretrained(cfg), facts), tested) if tested else (task, None)
             if tested and needs_consolidated_weights(trainer.strategy):
                 test_task.load_state_dict(load_consolidated(tested)["state_dict"])
                 test_ckpt = None

@@ -93,6 +93,19 @@ def _fits(option_node: Any, composed: Any, key: str, value: Any) -> bool:
     return default is None or value is None or _shape(default) == _shape(value)
 
 
+# Keys that name what a target builds (model.name: an architecture of one library) mean nothing to
+# another target, whatever the type of their value.
+_NAMING_KEYS = ("name",)
+
+
+def _names_for_another_target(group: str, planned: str, node: Any, key: str) -> bool:
+    if key not in _NAMING_KEYS or not isinstance(node, DictConfig):
+        return False
+    planned_node = _option_node(group, planned)
+    planned_target = planned_node.get("_target_") if isinstance(planned_node, dict) else None
+    return planned_target != node.get("_target_")
+
+
 def drop_stale_experiment_keys(cfg: DictConfig, choices: dict, overrides: list[str],
                                config_name: str = "config") -> str | None:
     """Adapt `cfg` in place to the groups switched away from its experiment; the info line, or None."""
@@ -116,9 +129,13 @@ def drop_stale_experiment_keys(cfg: DictConfig, choices: dict, overrides: list[s
                 stale = list(settings)
             else:
                 stale = [k for k, v in settings.items() if isinstance(node, DictConfig) and k in node
-                         and f"{group}.{k}" not in user and not _fits(option_node, node, k, v)]
-                for key in stale:
-                    del node[key]
+                         and f"{group}.{k}" not in user
+                         and (not _fits(option_node, node, k, v) or _names_for_another_target(group, planned, node, k))]
+                for key in stale:  # back to the chosen option's own value, or its target's default
+                    if isinstance(option_node, dict) and key in option_node:
+                        node[key] = option_node[key]
+                    else:
+                        del node[key]
         if stale:
             keys = ", ".join(f"{group}.{k}" for k in stale)
             dropped.append(f"dropped {keys} (set for {planned}, {group}={chosen} chosen)")

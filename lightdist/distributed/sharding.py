@@ -18,6 +18,7 @@ sharding code paths that run on GPUs are also exercised by the CPU test suite:
   (the same CPU to torch, the index DeepSpeed expects); everything else is Lightning's.
 """
 
+from collections import Counter
 from functools import partial
 from pathlib import Path
 from typing import Any, Literal
@@ -27,7 +28,7 @@ import yaml
 from hydra.utils import get_class
 from lightning.fabric.utilities.seed import reset_seed
 from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy, FSDPStrategy
-from torch.nn import Module
+from torch.nn import Module, ModuleDict, ModuleList, Sequential
 
 from lightdist.compat import WrapBeforeFSDP, init_deepspeed_distributed
 from lightdist.errors import ConfigError
@@ -69,7 +70,35 @@ class CPUDeepSpeedStrategy(DeepSpeedStrategy):
         init_deepspeed_distributed(self)
 
 
+# The word in auto_wrap_modules that asks for the model's own blocks (block_classes) as wrap units.
+BLOCKS = "blocks"
+_CONTAINERS = (Sequential, ModuleList, ModuleDict)
+
+
+def block_classes(model: Module) -> set[type[Module]]:
+    """The classes of a model's repeated blocks, found by structure rather than by name.
+
+    A block class has instances that are children of a container (Sequential, ModuleList,
+    ModuleDict) at least twice, and modules of its own inside (layers are not blocks); of
+    these, the outermost are kept (a block class whose instances also sit inside another's is
+    dropped). So torchvision's ResNet gives BasicBlock/Bottleneck (its layer1..4), ViT
+    EncoderBlock, EfficientNet MBConv; timm's ViT Block (model.blocks), ResNet BasicBlock,
+    ConvNeXt its stages; lightdist's ResNets BasicBlock. None for a model without repeats.
+    """
+    counts: Counter[type[Module]] = Counter()
+    for parent in model.modules():
+        if isinstance(parent, _CONTAINERS):
+            for child in parent.children():
+                if not isinstance(child, _CONTAINERS) and next(child.children(), None) is not None:
+                    counts[type(child)] += 1
+    repeated = {cls for cls, n in counts.items() if n >= 2}
+    inner = {type(sub) for m in model.modules() if type(m) in repeated
+             for sub in m.modules() if sub is not m and type(sub) in repeated}
+    return repeated - inner
+
+
 def _classes(paths: list[str] | None) -> set[type] | None:
+    paths = [p for p in paths or [] if p != BLOCKS]
     if not paths:
         return None
     try:
@@ -91,9 +120,10 @@ def fsdp(
 ) -> FSDPStrategy:
     """Fully Sharded Data Parallel.
 
-    Wrapping: each module of a class in `auto_wrap_modules` becomes its own FSDP unit, or
-    (when none are named) every submodule holding at least `auto_wrap_min_params`
-    parameters; 0 and no classes wraps only the whole model (one unit).
+    Wrapping: each module of a class in `auto_wrap_modules` becomes its own FSDP unit (the
+    entry `blocks`: the classes of the model's repeated blocks, see block_classes, decided by
+    check_module once the model exists), or (when none are named) every submodule holding at
+    least `auto_wrap_min_params` parameters; 0 and no classes wraps only the whole model (one unit).
     """
     from torch.distributed.fsdp.wrap import size_based_auto_wrap_policy
 
@@ -101,7 +131,7 @@ def fsdp(
     if policy is None and auto_wrap_min_params > 0:
         policy = partial(size_based_auto_wrap_policy, min_num_params=int(auto_wrap_min_params))
     cls = CPUFSDPStrategy if device_type == "cpu" else FSDPStrategy
-    return cls(
+    strategy = cls(
         sharding_strategy=sharding_strategy,
         auto_wrap_policy=policy,
         activation_checkpointing_policy=_classes(activation_checkpointing_modules),
@@ -109,6 +139,10 @@ def fsdp(
         state_dict_type=state_dict_type,
         limit_all_gathers=limit_all_gathers,
     )
+    # the named classes, to which check_module adds the model's blocks; None: no `blocks` asked for
+    blocks = BLOCKS in (auto_wrap_modules or [])
+    strategy.wrap_blocks = (_classes(auto_wrap_modules) or set()) if blocks else None  # type: ignore[attr-defined]
+    return strategy
 
 
 def load_deepspeed_config(path: str) -> dict:
@@ -178,11 +212,19 @@ def needs_consolidated_weights(strategy: Any) -> bool:
 
 
 def check_module(strategy: Any, module: Module) -> None:
-    """What can only be checked once the model exists, before any process is launched.
+    """What can only be checked or decided once the model exists, before any process is launched.
 
     DeepSpeed broadcasts parameters as flat byte views, which needs contiguous parameters:
-    channels_last convolution weights are not.
+    channels_last convolution weights are not. FSDP with auto_wrap_modules=[blocks, ...] gets
+    the model's block classes (block_classes) added to its wrap classes here.
     """
+    named = getattr(strategy, "wrap_blocks", None)
+    if isinstance(strategy, FSDPStrategy) and named is not None:
+        from torch.distributed.fsdp.wrap import ModuleWrapPolicy
+
+        classes = block_classes(module) | named
+        if classes:
+            strategy.kwargs["auto_wrap_policy"] = ModuleWrapPolicy(classes)
     if isinstance(strategy, DeepSpeedStrategy) and not all(p.is_contiguous() for p in module.parameters()):
         raise ConfigError("DeepSpeed needs contiguous parameters, but this model has non-contiguous ones "
                           "(channels_last convolution weights)", hint="set channels_last=false with DeepSpeed")

@@ -3,9 +3,8 @@ another run's weights load into it, the distillation objective, and the prefligh
 the runs they start from. The callbacks that apply them live in lightdist.callbacks.transfer
 and lightdist.callbacks.distillation.
 
-Models stay plain nn.Modules; the one convention they follow is that the classifier is
-their `head` attribute (every image and text classifier has one). Everything else is
-the backbone.
+Models stay plain nn.Modules. The classifier (head) is found where the libraries keep it
+(head_of); everything else is the backbone.
 """
 
 import logging
@@ -21,14 +20,31 @@ from lightdist.errors import CheckpointError, ConfigError
 log = logging.getLogger(__name__)
 
 HEAD = "head"
+# Where classifiers keep their last layer(s), after timm's get_classifier(): lightdist's models
+# and timm/torchvision ViT, Swin (head); torchvision ResNet, RegNet, ShuffleNet... (fc); VGG,
+# MobileNet, EfficientNet, ConvNeXt, DenseNet... (classifier); torchvision ViT (heads).
+HEAD_NAMES = (HEAD, "fc", "classifier", "heads")
 
 
 def head_of(model: nn.Module) -> nn.Module:
-    head = getattr(model, HEAD, None)
+    """The classifier of `model`: timm's get_classifier(), else the first of HEAD_NAMES it has."""
+    get_classifier = getattr(model, "get_classifier", None)
+    head = get_classifier() if callable(get_classifier) else None
+    for name in HEAD_NAMES:
+        if isinstance(head, nn.Module):
+            break
+        head = getattr(model, name, None)
     if not isinstance(head, nn.Module):
-        raise ConfigError(f"model {type(model).__name__} has no `{HEAD}` module, so its backbone is unknown",
-                          hint="fine-tune a model with a `head` classifier (resnet*, simple_cnn, text_*)")
+        raise ConfigError(f"model {type(model).__name__} has no `{HEAD}` module (nor fc, classifier, heads or "
+                          "timm's get_classifier()), so its backbone is unknown",
+                          hint="fine-tune a classifier: lightdist's models, model=timm or model=torchvision")
     return head
+
+
+def head_name(model: nn.Module) -> str:
+    """The qualified name of the head (the prefix of its state_dict keys)."""
+    head = head_of(model)
+    return next(name for name, module in model.named_modules() if module is head)
 
 
 def backbone_parameters(model: nn.Module) -> list[nn.Parameter]:
@@ -37,9 +53,25 @@ def backbone_parameters(model: nn.Module) -> list[nn.Parameter]:
 
 
 def backbone_modules(model: nn.Module) -> list[nn.Module]:
-    """The model's direct children other than the head (what a freeze schedule freezes)."""
+    """The largest modules outside the head (what a freeze schedule freezes): the model's children
+    other than the head; a child holding the head nested (timm's head.fc) is split the same way."""
     head = head_of(model)
-    return [m for m in model.children() if m is not head]
+
+    def outside(module: nn.Module) -> list[nn.Module]:
+        found = []
+        own = dict(module.named_parameters(recurse=False))
+        if own:  # parameters of a module around the head (a ViT's pos_embed, cls_token)
+            holder = nn.Module()  # holds the same Parameter objects, so freezing it freezes them
+            for name, param in own.items():
+                holder.register_parameter(name, param)
+            found.append(holder)
+        for child in module.children():
+            if child is head:
+                continue
+            found += outside(child) if any(m is head for m in child.modules()) else [child]
+        return found
+
+    return outside(model)
 
 
 def _shape(value: Any) -> tuple:
@@ -55,10 +87,9 @@ def load_backbone(model: nn.Module, source: str | Path, ckpt: str = "best") -> d
     """
     from lightdist.runs import read_weights
 
-    head_of(model)  # fail early on models without a head
+    prefix = head_name(model) + "."  # fails early on models without a head
     weights = read_weights(source, ckpt)
     target = model.state_dict()
-    prefix = HEAD + "."
     loaded, skipped, misfit, missing = {}, [], [], []
     for key, value in target.items():
         if key not in weights:
@@ -131,3 +162,16 @@ def check_sources(cfg: Any) -> None:
         if run is None:
             raise ConfigError(f"distill.teacher: {teacher} is not inside a run directory",
                               hint="pass the teacher's run directory (holding config.yaml) or a checkpoint in it")
+
+
+def pretrained_statistics(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """(mean, std) per channel of the pretrained weights `model` starts from; None when it has none.
+
+    The convention, like `head`: a model built from pretrained weights (vision.models.hub) carries
+    them as its `pretrained_statistics` attribute, {"mean": [...], "std": [...]}.
+    """
+    stats = getattr(model, "pretrained_statistics", None)
+    if not stats:
+        return None
+    return tuple(float(v) for v in stats["mean"]), tuple(float(v) for v in stats["std"])
+
