@@ -39,3 +39,35 @@ def write_result(name: str, result: dict) -> Path:
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
     return path
+
+
+def step_times(overrides: list[str], steps: int, sync_cuda: bool = False) -> list[float]:
+    """The end time of every training step of an in-process lightdist run of `steps` steps.
+
+    The run is lightdist's own (train.run with the composed config); a callback is added to the
+    ones it builds, so what is timed is exactly what a user's run does."""
+    import tempfile
+
+    import lightning as L
+    import torch
+
+    from lightdist import train
+
+    times: list[float] = []
+
+    class StepTimes(L.Callback):
+        def on_train_batch_end(self, *args) -> None:
+            if sync_cuda:
+                torch.cuda.synchronize()
+            times.append(time.perf_counter())
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = compose_resolved([*overrides, f"trainer.max_steps={steps}"], Path(tmp))
+        original = train.build_callbacks
+        train.build_callbacks = lambda c, has_logger: [*original(c, has_logger), StepTimes()]
+        try:
+            train.run(cfg, Path(tmp))
+        finally:
+            train.build_callbacks = original
+    return times
+

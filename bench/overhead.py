@@ -26,20 +26,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import lightning as L  # noqa: E402
 import torch  # noqa: E402
 
-from bench.common import compose_resolved, write_result  # noqa: E402
+from bench.common import compose_resolved, step_times, write_result  # noqa: E402
 
 MODELS = {
     "cnn": ["model=simple_cnn"],
     "tiny": ["model=simple_cnn", "model.channels=[8,16]", "model.hidden=64"],
 }
-
-
-class StepTimes(L.Callback):
-    def __init__(self):
-        self.times: list[float] = []
-
-    def on_train_batch_end(self, *args) -> None:
-        self.times.append(time.perf_counter())
 
 
 def steps_per_second(times: list[float], warmup: int) -> float:
@@ -48,18 +40,7 @@ def steps_per_second(times: list[float], warmup: int) -> float:
 
 
 def lightdist_run(overrides: list[str], steps: int, warmup: int) -> float:
-    from lightdist import train
-
-    with tempfile.TemporaryDirectory() as tmp:
-        cfg = compose_resolved([*overrides, f"trainer.max_steps={steps}"], Path(tmp))
-        timer = StepTimes()
-        original = train.build_callbacks
-        train.build_callbacks = lambda c, has_logger: [*original(c, has_logger), timer]
-        try:
-            train.run(cfg, Path(tmp))
-        finally:
-            train.build_callbacks = original
-    return steps_per_second(timer.times, warmup)
+    return steps_per_second(step_times(overrides, steps), warmup)
 
 
 def loader_only(overrides: list[str], steps: int, warmup: int) -> float:
