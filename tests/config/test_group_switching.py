@@ -211,10 +211,12 @@ def test_sharded_run_ending_before_its_first_checkpoint_tests_its_final_weights(
                                torch.tensor(expected["test/loss"], dtype=torch.float64), rtol=1e-4, atol=1e-6)
 
 
-def test_a_model_name_is_not_carried_to_another_library(compose):
+def test_a_model_name_is_not_carried_to_another_library():
     """model.name names an architecture of the experiment's library: another model option gets its own."""
+    from lightdist.config.compose import compose
+
     notes: list = []
-    cfg = compose(["+experiment=imagefolder_finetune", "model=torchvision"], notes)
+    cfg = compose(["+experiment=imagefolder_finetune", "model=torchvision"], notes=notes)
     assert cfg.model.name == "resnet18" and cfg.model._target_.endswith("torchvision_model")
     assert any("dropped model.name" in message for _, message in notes)
     # the same library keeps it, and the user's own name is never dropped
