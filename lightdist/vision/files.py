@@ -155,9 +155,14 @@ def decode(path: Path, channels: int) -> torch.Tensor:
                         hint="replace or delete the file, or set data.skip_corrupt=true to skip such files") from exc
     if image.dtype == torch.uint16:  # 16-bit PNG: 0..65535 -> 0..255, rounded
         image = ((image.to(torch.int32) * 255 + 32767) // 65535).to(torch.uint8)
-    if image.shape[0] != channels:  # torchvision's WebP decoder ignores mode=GRAY
-        image = rgb_to_grayscale(image) if channels == 1 else image[:1].expand(3, -1, -1).contiguous()
-    return image
+    return _with_channels(image, channels)
+
+
+def _with_channels(image: torch.Tensor, channels: int) -> torch.Tensor:
+    """`image` with `channels` channels: some decoders ignore the requested mode (torchvision's WebP, GRAY)."""
+    if image.shape[0] == channels:
+        return image
+    return rgb_to_grayscale(image) if channels == 1 else image[:1].expand(3, -1, -1).contiguous()
 
 
 @contextlib.contextmanager
@@ -275,7 +280,6 @@ def decode_batch(images: list, channels: int, device: str | torch.device, transf
     except RuntimeError:
         decoded = [decode(images[i].path, channels).to(device) for i in encoded]
     for i, image in zip(encoded, decoded):
-        if image.shape[0] != channels:
-            image = rgb_to_grayscale(image) if channels == 1 else image[:1].expand(3, -1, -1).contiguous()
+        image = _with_channels(image, channels)
         out[i] = transform(image) if transform is not None else image
     return torch.stack(out)
