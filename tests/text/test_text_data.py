@@ -88,9 +88,9 @@ def test_folder_corpus_flat_and_presplit(tmp_path):
 def test_real_bbc_news_layout():
     corpus = FolderCorpus(str(SHARED_DATA / "bbc-news"), fallback_encoding="cp1252")
     loaded = corpus.load()
-    assert len(loaded.train) == 2225 and sorted(set(loaded.train.labels)) == [
+    assert loaded.train.num_rows == 2225 and sorted(set(loaded.train.column("label").to_pylist())) == [
         "business", "entertainment", "politics", "sports", "tech"]
-    assert any("\u00a315.8m" in t for t in loaded.train.texts)  # the one cp1252 file, decoded
+    assert any("\u00a315.8m" in t for t in loaded.train.column("text").to_pylist())  # the one cp1252 file, decoded
     with pytest.raises(DataError, match=r"sports/199.txt: line \d+ is not valid utf-8"):
         FolderCorpus(str(SHARED_DATA / "bbc-news")).load()
 
@@ -151,7 +151,7 @@ def test_bad_input_is_a_clear_data_error(tmp_path, case):
 def test_fallback_encoding_and_bad_rows(tmp_path):
     latin = tmp_path / "latin.csv"
     latin.write_bytes("text,label\nfine,a\ncaf\u00e9,b\n".encode("cp1252"))
-    texts = TableCorpus(str(latin), fallback_encoding="cp1252").load().train.texts
+    texts = TableCorpus(str(latin), fallback_encoding="cp1252").load().train.column("text").to_pylist()
     assert texts == ["fine", "caf\u00e9"]
     (tmp_path / "odd.csv").write_bytes(b"text,label\nab\x81c,a\n")  # 0x81: invalid in utf-8 and cp1252
     with pytest.raises(DataError, match="neither valid utf-8 nor cp1252"):

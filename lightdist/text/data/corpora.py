@@ -11,6 +11,8 @@ A corpus without a val or test split gets seeded stratified ones from the data m
 from dataclasses import dataclass
 from pathlib import Path
 
+import pyarrow as pa
+
 from lightdist.data.download import RemoteFile, fetch_files, locate
 from lightdist.errors import DataError
 from lightdist.text.data.readers import (
@@ -24,11 +26,18 @@ from lightdist.text.data.readers import (
 SPLIT_FOLDERS = ("train", "val", "test")
 
 
+def as_table(rows: LabelledTexts) -> pa.Table:
+    """The corpus contract: a table of `text` (large_string) and `label` (string), no nulls."""
+    return pa.table({"text": pa.array(rows.texts, pa.large_string()), "label": pa.array(rows.labels, pa.string())})
+
+
 @dataclass
 class CorpusSplits:
-    train: LabelledTexts
-    val: LabelledTexts | None = None
-    test: LabelledTexts | None = None
+    """Each split is an Arrow table with columns `text` (large_string) and `label` (string)."""
+
+    train: pa.Table
+    val: pa.Table | None = None
+    test: pa.Table | None = None
     # The class order when the corpus defines one (AG News); else the sorted training labels.
     class_names: list[str] | None = None
     source: str = ""
@@ -73,8 +82,8 @@ class FolderCorpus(Corpus):
         self.prepare(False)
         splits = self._split_folders()
         if splits is None:
-            return CorpusSplits(read_folder(self.path, self.extensions, self.decoding), source=str(self.path))
-        read = {name: read_folder(folder, self.extensions, self.decoding) for name, folder in splits.items()}
+            return CorpusSplits(as_table(read_folder(self.path, self.extensions, self.decoding)), source=str(self.path))
+        read = {name: as_table(read_folder(folder, self.extensions, self.decoding)) for name, folder in splits.items()}
         return CorpusSplits(read["train"], read.get("val"), read.get("test"), source=str(splits["train"]))
 
 
@@ -109,7 +118,8 @@ class TableCorpus(Corpus):
 
     def load(self) -> CorpusSplits:
         self.prepare(False)
-        read = {name: read_table(path, self.format, self.text_columns, self.label_column, self.decoding, self.columns)
+        read = {name: as_table(read_table(path, self.format, self.text_columns, self.label_column, self.decoding,
+                                          self.columns))
                 for name, path in self.files.items()}
         return CorpusSplits(read["train"], read.get("val"), read.get("test"), self.class_names,
                             source=str(self.files["train"]))
@@ -169,5 +179,5 @@ class AGNewsCorpus(Corpus):
                 rows.labels[i] = names[int(index) - 1]
             # The release escapes line breaks inside descriptions as a backslash.
             rows.texts = [t.replace("\\n", " ").replace("\\", " ") for t in rows.texts]
-            splits[split] = rows
+            splits[split] = as_table(rows)
         return CorpusSplits(splits["train"], None, splits["test"], names, source=str(folder))

@@ -2,6 +2,7 @@
 
 import os
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -88,9 +89,13 @@ class TextDataModule(ClassificationDataModule):
         """{split: (texts, label indices)}, read once; seeded stratified val/test where the corpus has none."""
         if self._splits is not None:
             return self._splits
-        corpus = self.corpus.load()
+        loaded = self.corpus.load()
+        corpus = SimpleNamespace(source=loaded.source, class_names=loaded.class_names, **{
+            split: None if table is None else SimpleNamespace(texts=table.column("text").to_pylist(),
+                                                              labels=table.column("label").to_pylist())
+            for split, table in (("train", loaded.train), ("val", loaded.val), ("test", loaded.test))})
         where = corpus.source or self.corpus.title
-        if len(corpus.train) == 0:
+        if len(corpus.train.texts) == 0:
             raise DataError(f"{where} holds no documents", hint="point the data config at a corpus with documents")
         names = corpus.class_names or _class_order(set(corpus.train.labels))
         if len(set(corpus.train.labels)) < 2:
