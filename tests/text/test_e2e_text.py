@@ -28,8 +28,11 @@ def test_one_process_on_real_bbc_news_then_predict_matches_the_test_loop(workdir
     confusion = torch.load(run_dir / "confusion_matrix.pt")
     assert int(confusion.sum()) == 150
 
-    # lightdist eval reloads the run: the same test predictions as the test after fit
+    # lightdist eval reloads the run: the same test predictions as the test after fit, from the cached token ids
+    cached = {p: p.stat().st_mtime_ns for p in (run_dir / "cache" / "tokens").glob("*/*")}
+    assert len(cached) == 2 * 3  # ids and offsets of train, val and test
     run_cli(["eval", f"run_dir={run_dir}", "trainer.enable_progress_bar=false"], cwd=workdir)
+    assert {p: p.stat().st_mtime_ns for p in (run_dir / "cache" / "tokens").glob("*/*")} == cached
     (report_file,) = (run_dir / "eval").glob("*_test/report.json")
     report = json.loads(report_file.read_text())
     assert report["confusion_matrix"]["counts"] == confusion.tolist()
@@ -44,6 +47,7 @@ def test_one_process_on_real_bbc_news_then_predict_matches_the_test_loop(workdir
     cfg = OmegaConf.load(run_dir / "config.yaml")
     dm = instantiate(cfg.data)
     texts, labels = dm.splits()["test"]
+    texts = texts.to_pylist()
     (run_dir / "tokenizer.json").unlink()  # prediction must not need it (nor the training data)
     predictions = predict(run_dir, texts, ckpt="best")
     names = dm.class_names

@@ -34,7 +34,7 @@ def test_ag_news_canonical_csv(tmp_path):
     splits = dm.splits()
     assert [len(splits[s][0]) for s in ("train", "val", "test")] == [32, 8, 12]  # test = the release's test.csv
     assert np.bincount(splits["val"][1]).tolist() == [2, 2, 2, 2]  # stratified
-    text = splits["train"][0][0]
+    text = splits["train"][0][0].as_py()
     assert "\\" not in text and '"quoted"' in text  # title + description, escapes undone, CSV quotes parsed
     # without classes.txt the canonical names are used
     (tmp_path / "ag_news_csv" / "classes.txt").unlink()
@@ -59,7 +59,7 @@ def test_table_formats_with_configurable_columns(tmp_path, fmt):
     splits = dm.splits()
     assert len(splits["test"][0]) == 12 and len(splits["val"][0]) == 9 and len(splits["train"][0]) == 27
     first = records[36]
-    assert splits["test"][0][0] == f"{first['title']} {first['body']}"
+    assert splits["test"][0][0].as_py() == f"{first['title']} {first['body']}"
     assert facts["class_names"][splits["test"][1][0]] == first["topic"]
 
 
@@ -102,7 +102,7 @@ def test_splits_are_seeded_and_stratified(tmp_path):
         dm = datamodule(FolderCorpus(str(folder)), split_seed=seed, val_size=6, test_size=9)
         texts, labels = dm.splits()["test"]
         assert np.bincount(labels).tolist() == [3, 3, 3]
-        return texts
+        return texts.to_pylist()
 
     assert test_texts(0) == test_texts(0) and test_texts(0) != test_texts(1)
 
@@ -111,7 +111,8 @@ def test_kfold_validates_on_each_fold_of_the_non_test_texts(tmp_path):
     from lightdist.data.splits import KFold
 
     folder = write_folder_corpus(tmp_path, per_class=20)
-    splits = [datamodule(FolderCorpus(str(folder)), test_size=9, kfold=KFold(4, i)).splits() for i in range(4)]
+    splits = [{s: (texts.to_pylist(), labels) for s, (texts, labels) in
+               datamodule(FolderCorpus(str(folder)), test_size=9, kfold=KFold(4, i)).splits().items()} for i in range(4)]
     tests = {tuple(s["test"][0]) for s in splits}
     assert len(tests) == 1  # the test split does not move with the fold
     vals = [text for s in splits for text in s["val"][0]]
@@ -214,7 +215,7 @@ def test_bucketing_shuffles_per_epoch_and_drop_last():
 
 
 def test_dynamic_padding_and_loaders(tmp_path):
-    ds = TokenizedTexts([[5, 6, 7], [8], [9, 10]], [0, 1, 0])
+    ds = TokenizedTexts.from_lists([[5, 6, 7], [8], [9, 10]], [0, 1, 0])
     (tokens, lengths), labels = PadCollate(pad_id=0)([ds[0], ds[1]])
     assert tokens.tolist() == [[5, 6, 7], [8, 0, 0]] and lengths.tolist() == [3, 1] and labels.tolist() == [0, 1]
     for bucketing in (True, False):
@@ -285,3 +286,59 @@ def test_ranks_take_rank_zero_tokenizer(tmp_path):
     rank1.tokenizer.fit(["only a few words here"])
     with pytest.raises(DataError, match="rank 1 trained a vocabulary of"):
         rank1._agree_on_tokenizer()
+
+
+# -- hooks for planners and model-provided tokenizers ----------------------------------------------
+class LengthPlanner:
+    """Sets max_length from the training texts (a 90th percentile of words) and says what it saw."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def plan(self, texts, labels, tokenizer):
+        self.calls += 1
+        assert not tokenizer.fitted  # planned before the tokenizer is trained or loaded
+        words = np.array([len(t.split()) for t in texts.to_pylist()])
+        tokenizer.max_length = int(np.percentile(words, 90)) // 2
+        return {"texts": len(texts), "classes": int(labels.max()) + 1, "max_length": tokenizer.max_length}
+
+
+def test_planner_runs_once_before_the_tokenizer_and_travels_in_the_state(tmp_path):
+    folder = write_folder_corpus(tmp_path / "corpus", per_class=10)
+    planner = LengthPlanner()
+    dm = datamodule(FolderCorpus(str(folder)), planner=planner, val_size=6, test_size=6)
+    facts = dm.facts()
+    dm.facts()
+    assert planner.calls == 1
+    assert facts["train_size"] == 18 == len(dm.splits()["train"][0])
+    assert facts["plan"] == {"texts": 18, "classes": 3, "max_length": facts["max_length"]}
+    assert facts["max_length"] < 64 and dm.tokenizer.tokenizer.truncation["max_length"] == facts["max_length"]
+    assert max(len(ids) for ids in dm.tokenizer.encode(dm.splits()["train"][0].to_pylist())) == facts["max_length"]
+    state = dm.state_dict()
+    json.dumps(state)
+    again = LengthPlanner()
+    restored = datamodule(FolderCorpus(str(tmp_path / "gone")), planner=again)
+    restored.load_state_dict(state)
+    assert restored.facts() == facts and again.calls == 0  # the checkpoint's plan, no corpus needed
+    assert "plan" not in datamodule(FolderCorpus(str(folder))).facts()
+
+
+def test_use_tokenizer_replaces_the_configured_one_and_writes_its_file(tmp_path):
+    folder = write_folder_corpus(tmp_path / "corpus", per_class=10)
+    path = tmp_path / "run" / "tokenizer.json"
+    own = TextTokenizer(model="word", vocab_size=300, min_frequency=1, max_length=7).fit(["shares profit market"] * 3)
+    path.parent.mkdir()
+    small_tokenizer().fit(["something else entirely"]).save(path)  # never loaded in its place
+    dm = datamodule(FolderCorpus(str(folder)), tokenizer_file=str(path), batch_size=4)
+    dm.use_tokenizer(own)
+    facts = dm.facts()
+    assert dm.tokenizer is own and facts["vocab_size"] == own.vocab_size and facts["max_length"] == 7
+
+    class Trainer:
+        world_size, global_rank, is_global_zero, overfit_batches = 1, 0, True, 0
+        default_root_dir = str(tmp_path / "run")
+
+    dm.trainer = Trainer()
+    dm.setup("fit")
+    assert dm.train_set[0][0].tolist() == own.encode([dm.splits()["train"][0][0].as_py()])[0]
+    assert json.loads(path.read_text()) == json.loads(own.tokenizer.to_str())  # written for eval and predict

@@ -102,3 +102,32 @@ def test_jieba_missing_is_a_clear_config_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "jieba", None)  # import jieba now raises ImportError
     with pytest.raises(ConfigError, match="needs the jieba package"):
         TextTokenizer(segmenter="jieba")
+
+
+def test_fingerprint_follows_what_encoding_depends_on():
+    texts = ["shares profit market bank", "match goal striker league"] * 3
+
+    def fitted(extra=(), **kw):  # whole words: trained identically every time (subword ties are not)
+        return TextTokenizer(model="word", vocab_size=300, min_frequency=1, **kw).fit(texts + list(extra))
+
+    first = fitted()
+    assert first.fingerprint() == fitted().fingerprint()
+    restored = TextTokenizer(model="word", vocab_size=300)
+    restored.load_state(first.state())
+    assert restored.fingerprint() == first.fingerprint()
+    assert fitted(lowercase=False).fingerprint() != first.fingerprint()
+    assert fitted(["new words"]).fingerprint() != first.fingerprint()
+    assert fitted(max_length=8).fingerprint() != first.fingerprint()
+
+
+def test_fit_streams_arrow_columns_in_batches(monkeypatch):
+    import pyarrow as pa
+
+    from lightdist.text.data import tokenizer as module
+
+    monkeypatch.setattr(module, "BATCH", 3)
+    column = pa.chunked_array([CORPUS[:7], CORPUS[7:]], pa.large_string())
+    assert [len(b) for b in module.text_batches(column, 3)] == [3, 3, 3, 3, 3, 3, 2]
+    assert [len(b) for b in module.text_batches(iter(CORPUS), 8)] == [8, 8, 4]
+    from_arrow = TextTokenizer(model="word", min_frequency=1).fit(column)
+    assert from_arrow.state() == TextTokenizer(model="word", min_frequency=1).fit(CORPUS).state()

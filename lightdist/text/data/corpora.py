@@ -2,7 +2,9 @@
 
 - FolderCorpus: one folder per label, one file per document (BBC News); optionally already
   split into train/ [val/] test/ folders of class folders.
-- TableCorpus: users' CSV / TSV / JSONL files with configurable text and label columns.
+- TableCorpus: users' CSV / TSV / JSONL / Parquet / Arrow files (optionally compressed) with
+  configurable text and label columns, read by pyarrow (tables.py); memory-mapped from an Arrow
+  copy in `cache_dir` when the data module gives one.
 - AGNewsCorpus: AG News in its canonical CSV release (class index 1-4, title, description),
   downloaded (checksummed) when missing and online.
 A corpus without a val or test split gets seeded stratified ones from the data module.
@@ -12,16 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from lightdist.data.download import RemoteFile, fetch_files, locate
 from lightdist.errors import DataError
-from lightdist.text.data.readers import (
-    Decoding,
-    LabelledTexts,
-    TableFormat,
-    read_folder,
-    read_table,
-)
+from lightdist.text.data.readers import Decoding, LabelledTexts, read_folder
+from lightdist.text.data.tables import TableFormat, TableSpec, read_table
 
 SPLIT_FOLDERS = ("train", "val", "test")
 
@@ -104,23 +102,19 @@ class TableCorpus(Corpus):
         fallback_encoding: str | None = None,
     ):
         self.files = {name: Path(p).expanduser() for name, p in (("train", train), ("val", val), ("test", test)) if p}
-        self.format = format
-        self.text_columns = _as_list(text_columns)
-        self.label_column = label_column
-        self.columns = _as_list(columns) if columns else None
+        self.spec = TableSpec(tuple(_as_list(text_columns)), label_column, tuple(_as_list(columns)) if columns else None,
+                              format, encoding, fallback_encoding)
         self.class_names = _as_list(class_names) if class_names else None
-        self.decoding = Decoding(encoding, fallback_encoding)
 
     def prepare(self, allow_download: bool) -> None:
         for name, path in self.files.items():
             if not path.is_file():
                 raise DataError(f"{name} file {path} does not exist", hint=f"set data.corpus.{name} to an existing file")
 
-    def load(self) -> CorpusSplits:
+    def load(self, cache_dir: Path | None = None) -> CorpusSplits:
+        """The files' (text, label) tables; with `cache_dir`, memory-mapped from Arrow copies kept there."""
         self.prepare(False)
-        read = {name: as_table(read_table(path, self.format, self.text_columns, self.label_column, self.decoding,
-                                          self.columns))
-                for name, path in self.files.items()}
+        read = {name: read_table(path, self.spec, cache_dir) for name, path in self.files.items()}
         return CorpusSplits(read["train"], read.get("val"), read.get("test"), self.class_names,
                             source=str(self.files["train"]))
 
@@ -166,18 +160,22 @@ class AGNewsCorpus(Corpus):
         self.prepare(False)
         folder = self._folder
         names = self.class_names(folder)
-        decoding = Decoding(self.encoding)
+        spec = TableSpec(("title", "description"), "index", ("index", "title", "description"), "csv", self.encoding)
         splits = {}
         for split in ("train", "test"):
             path = folder / f"{split}.csv"
-            rows = read_table(path, "csv", ["title", "description"], "index", decoding,
-                              columns=["index", "title", "description"])
-            for i, index in enumerate(rows.labels):
-                if not index.isdigit() or not 1 <= int(index) <= len(names):
-                    raise DataError(f"{path}: row {i + 1} has class index {index!r}, expected 1-{len(names)}",
-                                    hint="the file is not the canonical AG News CSV: delete it and download again")
-                rows.labels[i] = names[int(index) - 1]
+            table = read_table(path, spec)
+            index = table.column("label")
+            valid = pc.match_substring_regex(index, r"^[0-9]{1,9}$")
+            if pc.all(valid).as_py():
+                number = pc.cast(index, pa.int64())
+                valid = pc.and_(pc.greater_equal(number, 1), pc.less_equal(number, len(names)))
+            if not pc.all(valid).as_py():
+                row = pc.index(valid, False).as_py()
+                raise DataError(f"{path}: row {row + 1} has class index {index[row].as_py()!r}, expected 1-{len(names)}",
+                                hint="the file is not the canonical AG News CSV: delete it and download again")
+            labels = pc.take(pa.array(names, pa.string()), pc.subtract(number, 1))
             # The release escapes line breaks inside descriptions as a backslash.
-            rows.texts = [t.replace("\\n", " ").replace("\\", " ") for t in rows.texts]
-            splits[split] = as_table(rows)
+            text = pc.replace_substring(pc.replace_substring(table.column("text"), "\\n", " "), "\\", " ")
+            splits[split] = pa.table({"text": text, "label": labels})
         return CorpusSplits(splits["train"], None, splits["test"], names, source=str(folder))

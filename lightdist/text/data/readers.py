@@ -1,20 +1,14 @@
-"""Reading users' text files: decoding with clear errors, CSV/TSV/JSONL tables, folder-per-class corpora.
+"""Reading users' text documents: decoding with clear errors, folder-per-class corpora.
 
-Every problem with a file (missing, empty, undecodable, a missing column, a bad row) is a
-DataError naming the file, the line where it applies and the fix. Files are only read.
+Every problem with a file (missing, empty, undecodable) is a DataError naming the file, the line
+where it applies and the fix. Files are only read. Tables (CSV, JSONL, Parquet, ...) are read by
+pyarrow in tables.py.
 """
 
-import csv
-import io
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 from lightdist.errors import DataError
-
-TableFormat = Literal["auto", "csv", "tsv", "jsonl"]
-_SUFFIX_FORMATS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 
 
 @dataclass
@@ -65,92 +59,6 @@ class Decoding:
 
 def _strip_bom(text: str) -> str:
     return text[1:] if text.startswith("\ufeff") else text
-
-
-def table_format(path: Path, fmt: TableFormat) -> str:
-    if fmt != "auto":
-        return fmt
-    found = _SUFFIX_FORMATS.get(path.suffix.lower())
-    if found is None:
-        raise DataError(f"cannot tell the format of {path} from its suffix",
-                        hint="set data.corpus.format to csv, tsv or jsonl")
-    return found
-
-
-def read_table(
-    path: Path,
-    fmt: TableFormat,
-    text_columns: list[str],
-    label_column: str,
-    decoding: Decoding,
-    columns: list[str] | None = None,
-) -> LabelledTexts:
-    """Rows of a CSV/TSV (header row, or `columns` naming a header-less file) or JSONL file.
-
-    The text of a row is its `text_columns` joined by a space (e.g. title and description).
-    """
-    fmt = table_format(path, fmt)
-    content = decoding.read(path)
-    if not content.strip():
-        raise DataError(f"{path} is empty", hint="point the data config at a file with rows")
-    if fmt == "jsonl":
-        return _read_jsonl(path, content, text_columns, label_column)
-    return _read_delimited(path, content, "\t" if fmt == "tsv" else ",", text_columns, label_column, columns)
-
-
-def _read_delimited(path: Path, content: str, delimiter: str, text_columns: list[str], label_column: str,
-                    columns: list[str] | None) -> LabelledTexts:
-    reader = csv.DictReader(io.StringIO(content, newline=""), fieldnames=columns, delimiter=delimiter, strict=True)
-    header = reader.fieldnames or []
-    missing = [c for c in [*text_columns, label_column] if c not in header]
-    if missing:
-        where = "columns (data.corpus.columns)" if columns else "header"
-        raise DataError(f"{path}: no column {', '.join(repr(m) for m in missing)} in its {where}: "
-                        f"{', '.join(repr(h) for h in header)}",
-                        hint="set data.corpus.text_columns and data.corpus.label_column to columns of the file")
-    out = LabelledTexts()
-    try:
-        for row in reader:
-            line = reader.line_num
-            if not any((v or "").strip() for v in row.values() if isinstance(v, str)):
-                continue  # blank line
-            values = [row.get(c) for c in [*text_columns, label_column]]
-            if any(v is None for v in values):
-                raise DataError(f"{path}: line {line} has {len([v for v in row.values() if v is not None])} "
-                                f"fields, fewer than the header's {len(header)}", hint="fix or remove that row")
-            _add(out, path, line, [row[c] for c in text_columns], row[label_column])
-    except csv.Error as exc:
-        kind = "TSV" if delimiter == "\t" else "CSV"
-        raise DataError(f"{path}: line {reader.line_num} is not valid {kind} ({exc})",
-                        hint="fix the quoting of that row") from exc
-    return out
-
-
-def _read_jsonl(path: Path, content: str, text_columns: list[str], label_column: str) -> LabelledTexts:
-    out = LabelledTexts()
-    for line_number, line in enumerate(content.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path}: line {line_number} is not valid JSON ({exc.msg})", hint="one JSON object per line") from exc
-        if not isinstance(row, dict):
-            raise DataError(f"{path}: line {line_number} is not a JSON object", hint="one JSON object per line")
-        missing = [c for c in [*text_columns, label_column] if c not in row]
-        if missing:
-            raise DataError(f"{path}: line {line_number} has no key {', '.join(repr(m) for m in missing)} "
-                            f"(keys: {', '.join(repr(k) for k in row)})",
-                            hint="set data.corpus.text_columns and data.corpus.label_column to keys of the objects")
-        _add(out, path, line_number, [row[c] for c in text_columns], row[label_column])
-    return out
-
-
-def _add(out: LabelledTexts, path: Path, line: int, texts: list, label) -> None:
-    label = "" if label is None else str(label).strip()
-    if not label:
-        raise DataError(f"{path}: line {line} has an empty label", hint="fix or remove that row")
-    out.add(" ".join(str(t) for t in texts if t is not None), label)
 
 
 def read_folder(folder: Path, extensions: list[str], decoding: Decoding) -> LabelledTexts:

@@ -10,12 +10,15 @@ the pre-tokenizer (`segmenter=char`, needs nothing); `segmenter=jieba` segments 
 into words with jieba first (`pip install lightdist[text-zh]`).
 """
 
+import hashlib
 import json
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from itertools import islice
 from pathlib import Path
 from typing import Any, Literal
 
+import pyarrow as pa
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
 from lightdist.errors import ConfigError
@@ -29,8 +32,23 @@ SUBWORD_PREFIX = "##"
 _HAN = r"\p{Han}"
 _KANA = r"\p{Hiragana}\p{Katakana}\x{30FC}"
 
+# Texts per encode_batch call: large enough for the Rust thread pool, small enough for memory.
+BATCH = 8192
+
 TokenizerModel = Literal["wordpiece", "bpe", "word"]
 Segmenter = Literal["char", "jieba", "none"]
+
+
+def text_batches(texts: Iterable[str] | pa.Array | pa.ChunkedArray, size: int | None = None) -> Iterator[list[str]]:
+    """Lists of at most `size` (default BATCH) strings: Arrow text columns are converted one slice at a time."""
+    size = size or BATCH
+    if isinstance(texts, (pa.Array, pa.ChunkedArray)):
+        for start in range(0, len(texts), size):
+            yield texts.slice(start, size).to_pylist()
+        return
+    it = iter(texts)
+    while batch := list(islice(it, size)):
+        yield batch
 
 
 class TextTokenizer:
@@ -92,10 +110,13 @@ class TextTokenizer:
             return trainers.BpeTrainer(continuing_subword_prefix=SUBWORD_PREFIX, **common)
         return trainers.WordPieceTrainer(continuing_subword_prefix=SUBWORD_PREFIX, **common)
 
-    def fit(self, texts: Iterable[str]) -> "TextTokenizer":
-        """Train the vocabulary. Deterministic: every rank trains the same one from the same split."""
+    def fit(self, texts: Iterable[str] | pa.Array | pa.ChunkedArray) -> "TextTokenizer":
+        """Train the vocabulary on texts streamed in batches (an Arrow column is never copied whole).
+
+        Deterministic: every rank trains the same one from the same split."""
         tok = self._empty()
-        tok.train_from_iterator((self.segment(t) for t in texts), self._trainer())
+        batches = ([self.segment(t) for t in batch] for batch in text_batches(texts))
+        tok.train_from_iterator(batches, self._trainer())
         if self.model == "wordpiece":
             # tokenizers' WordPiece trainer learns the same set of tokens in every process but numbers
             # them in hash-map order, which differs between processes (and so between DDP ranks).
@@ -150,6 +171,13 @@ class TextTokenizer:
     def decode(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(list(ids))
 
+    def fingerprint(self) -> str:
+        """A stable hash of everything encode() depends on: cached token ids are valid while it holds."""
+        what = {"tokenizer": self.tokenizer.to_str(), "segmenter": self.segmenter, "max_length": self.max_length}
+        if self.segmenter == "jieba":  # its dictionary, hence its words, may change between versions
+            what["jieba"] = getattr(_jieba(), "__version__", "")
+        return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:32]
+
     # -- persistence --------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
         return {"tokenizer": self.tokenizer.to_str(), "segmenter": self.segmenter}
@@ -166,14 +194,19 @@ class TextTokenizer:
             self.max_length = tokenizer.truncation["max_length"]
 
     def save(self, path: Path) -> None:
-        """The Hugging Face JSON format: `tokenizers.Tokenizer.from_file` reads it back as is."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(json.dumps(json.loads(self.tokenizer.to_str()), ensure_ascii=False, indent=1))
-        tmp.replace(path)
+        save_tokenizer(self.tokenizer, path)
 
     def load(self, path: Path) -> None:
         self._set(Tokenizer.from_file(str(path)))
+
+
+def save_tokenizer(tokenizer: Tokenizer, path: Path) -> None:
+    """tokenizer.json in the Hugging Face format (`tokenizers.Tokenizer.from_file` reads it back as
+    is), written under a temporary name and renamed: a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(json.loads(tokenizer.to_str()), ensure_ascii=False, indent=1))
+    tmp.replace(path)
 
 
 def _jieba():
