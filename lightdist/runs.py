@@ -2,7 +2,7 @@
 
 Fine-tuning (weights of another run), distillation (a teacher run) and the optimisation
 commands (prune, quantize, export) all start from a run directory or a checkpoint in one.
-Everything is rebuilt the way train.py built it (`instantiate(cfg.data)`, its facts,
+Everything is rebuilt the way train.py built it (`build_datamodule`, its facts,
 `build_task`, defined here for both), so any task family whose model is a plain nn.Module
 reloads the same way.
 """
@@ -14,13 +14,41 @@ from typing import Any
 from lightdist.checkpoints import CHECKPOINT_DIR, verify
 from lightdist.errors import CheckpointError, ConfigError
 
+# A model config's node naming the tokenizer the model reads text with (a pretrained encoder's own):
+# the data module encodes with it; it is no argument of the model.
+DATA_TOKENIZER = "data_tokenizer"
+
+
+def build_datamodule(cfg: Any) -> Any:
+    """The data module of config `cfg`, encoding with the model's own tokenizer when the model names one."""
+    from hydra.utils import instantiate
+
+    from lightdist.config.building import building
+
+    datamodule = instantiate(cfg.data)
+    node = (cfg.get("model") or {}).get(DATA_TOKENIZER)
+    if node:
+        if not hasattr(datamodule, "use_tokenizer"):
+            raise ConfigError(f"model.{DATA_TOKENIZER} gives a tokenizer, but data {type(datamodule).__name__} "
+                              "reads no text", hint="use a text data config (data=text_table, bbc_news, ...)")
+        with building(f"model.{DATA_TOKENIZER}", node):
+            datamodule.use_tokenizer(instantiate(node))
+    return datamodule
+
 
 def build_task(cfg: Any, facts: dict[str, Any]) -> Any:
     """The task (LightningModule) that config `cfg` describes, for data with these facts (num_classes...)."""
+    import copy
+
     from hydra.utils import instantiate
+    from omegaconf import open_dict
 
     from lightdist.config.building import instantiate_with_facts
 
+    if DATA_TOKENIZER in (cfg.get("model") or {}):  # the data module's business (build_datamodule)
+        cfg = copy.deepcopy(cfg)  # a whole copy: interpolations in the model node still resolve
+        with open_dict(cfg.model):
+            cfg.model.pop(DATA_TOKENIZER)
     model = instantiate_with_facts(cfg.model, facts)
     optimizer = instantiate(cfg.optimizer)
     scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
@@ -153,8 +181,6 @@ def load_run(source: str | Path, ckpt: str = "best", cfg: Any = None) -> Run:
     `cfg` replaces the run's saved config (e.g. the saved config with data overrides, as
     `lightdist eval` builds it); the model it describes must be the checkpoint's.
     """
-    from hydra.utils import instantiate
-
     from lightdist import run_dir as rd
     from lightdist.checkpoints import load_consolidated
     from lightdist.config import resolvers
@@ -166,7 +192,7 @@ def load_run(source: str | Path, ckpt: str = "best", cfg: Any = None) -> Run:
                           hint="pass a run directory (holding config.yaml) or a checkpoint in its checkpoints/")
     cfg = _saved_task_upgraded(rd.load_config(run / rd.CONFIG_FILE) if cfg is None else cfg)
     checkpoint = load_consolidated(checkpoint_path)
-    datamodule = instantiate(cfg.data)
+    datamodule = build_datamodule(cfg)
     # Data modules with learned state (a text vocabulary) keep it in the checkpoint under their class name.
     state = checkpoint.get(type(datamodule).__qualname__)
     if state and hasattr(datamodule, "load_state_dict"):

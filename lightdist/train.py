@@ -30,7 +30,7 @@ from lightdist.distributed.sharding import check_module, needs_consolidated_weig
 from lightdist.distributed.strategy import build_strategy, processes_per_node
 from lightdist.distributed.threads import configure_threads
 from lightdist.loggers import finish_wandb
-from lightdist.runs import build_task, without_pretrained
+from lightdist.runs import build_datamodule, build_task, without_pretrained
 from lightdist.tasks.transfer import pretrained_statistics
 
 log = logging.getLogger(__name__)
@@ -89,7 +89,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path) -> L.Trainer:
     return instantiate(
         cfg.trainer,
         plugins=cluster_plugins() or None,
-        strategy=build_strategy(cfg.get("strategy"), cfg.trainer),
+        strategy=build_strategy(cfg.get("strategy"), cfg.trainer, (cfg.get("data") or {}).get("batch_size")),
         callbacks=build_callbacks(cfg, has_logger=bool(loggers)),
         logger=loggers if loggers else False,
         default_root_dir=str(run_dir),
@@ -130,7 +130,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         torch.set_float32_matmul_precision(cfg.matmul_precision)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 
-    datamodule = instantiate(cfg.data)
+    datamodule = build_datamodule(cfg)
     facts = datamodule.facts()
     task = build_task(cfg, facts)
     # A pretrained backbone's normalisation, for a data module that takes it (it decides: data.normalize=auto).

@@ -1,9 +1,10 @@
 """Transfer learning composed onto a classification task (config node `transfer`).
 
-Three callbacks, each doing its part at setup, on every rank and before the strategy wraps
+Four callbacks, each doing its part at setup, on every rank and before the strategy wraps
 the model or Lightning builds the optimizer: the weights of another run (InitFrom), a
-backbone frozen for the first epochs (BackboneFreeze) and a backbone learning at a fraction
-of the head's rate (BackboneLearningRate, through the Task base's parameter groups).
+backbone frozen for the first epochs (BackboneFreeze), a backbone learning at a fraction
+of the head's rate (BackboneLearningRate) and layer-wise learning-rate decay
+(LayerLearningRateDecay), the last two through the Task base's parameter groups.
 """
 
 import logging
@@ -48,6 +49,27 @@ class BackboneLearningRate(L.Callback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage == "fit":
             pl_module.scale_learning_rate(backbone_parameters(_model(pl_module)), self.factor)
+
+
+class LayerLearningRateDecay(L.Callback):
+    """Layer-wise lr decay: a parameter at depth d learns at lr * decay ** (top - d), the top (the
+    head) at lr. The model numbers its own layers (`layer_depths()`: parameter name -> depth), so
+    nothing here knows one architecture from another."""
+
+    def __init__(self, decay: float):
+        self.decay = decay
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        model = _model(pl_module)
+        if not callable(getattr(model, "layer_depths", None)):
+            raise ConfigError(f"transfer.layer_lr_decay needs a model that numbers its layers (layer_depths()), "
+                              f"which {type(model).__name__} does not", hint="set transfer.layer_lr_decay=null")
+        depths = model.layer_depths()
+        top = max(depths.values())
+        pl_module.scale_learning_rates({p: self.decay ** (top - depths[name]) for name, p in model.named_parameters()
+                                        if name in depths})
 
 
 class BackboneFreeze(BaseFinetuning):
@@ -106,20 +128,26 @@ def _rebuild_ddp(trainer: L.Trainer) -> None:
 
 def transfer_callbacks(init_from: str | None = None, init_ckpt: Literal["best", "last"] = "best",
                        freeze_backbone_epochs: int = 0, backbone_lr_factor: float = 1.0,
-                       train_bn: bool = True) -> list[L.Callback]:
+                       train_bn: bool = True, layer_lr_decay: float | None = None) -> list[L.Callback]:
     """The callbacks of config node `transfer` (none with its defaults).
 
     init_from: weights of another run; head weights that do not fit (another number of classes)
     are replaced by a fresh head. freeze_backbone_epochs: train only the head this long.
     backbone_lr_factor: backbone lr = optimizer.lr * factor. train_bn: BatchNorm layers of a
-    frozen backbone still learn.
+    frozen backbone still learn. layer_lr_decay: each layer below the head learns at this
+    factor of the rate of the layer above it (null: off).
     """
     if freeze_backbone_epochs < 0 or backbone_lr_factor < 0:
         raise ConfigError("transfer.freeze_backbone_epochs and transfer.backbone_lr_factor must be >= 0",
                           hint="set them to 0 (no freeze) and 1.0 (same lr) to switch them off")
     callbacks: list[L.Callback] = [InitFrom(init_from, init_ckpt)] if init_from else []
+    if layer_lr_decay is not None and not 0.0 < layer_lr_decay <= 1.0:
+        raise ConfigError(f"transfer.layer_lr_decay={layer_lr_decay} must be in (0, 1]",
+                          hint="e.g. transfer.layer_lr_decay=0.9, or null to switch it off")
     if backbone_lr_factor != 1.0:
         callbacks.append(BackboneLearningRate(backbone_lr_factor))
+    if layer_lr_decay is not None and layer_lr_decay != 1.0:
+        callbacks.append(LayerLearningRateDecay(layer_lr_decay))
     if freeze_backbone_epochs > 0:
         callbacks.append(BackboneFreeze(freeze_backbone_epochs, train_bn))
     return callbacks

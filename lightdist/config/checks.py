@@ -32,7 +32,19 @@ def check_config(cfg, run_dir: Path | None = None, allocation: dict | None = Non
     check_sources(cfg)
     check_devices(cfg.trainer, **(allocation or {}))
     check_precision(cfg.trainer, cfg.get("strategy"))
+    check_clipping(cfg.trainer, cfg.get("strategy"))
     resolve_ckpt_path(cfg.get("ckpt_path"), run_dir or planned_run_dir(cfg))
+
+
+def check_clipping(trainer, strategy) -> None:
+    """Lightning's FSDP clips gradients by value only; by norm it stops at the first step."""
+    from lightdist.config.validate import strategy_family
+
+    if (trainer.get("gradient_clip_val") and trainer.get("gradient_clip_algorithm", "norm") == "norm"
+            and strategy_family(strategy) == "fsdp"):
+        raise ConfigError(f"trainer.gradient_clip_val={trainer.gradient_clip_val} clips by norm, which Lightning's "
+                          "FSDP does not support", hint="set trainer.gradient_clip_val=null (or "
+                          "trainer.gradient_clip_algorithm=value) with strategy=fsdp")
 
 
 def missing_keys(node, path: str = "") -> list[str]:
@@ -124,13 +136,12 @@ def check_data(cfg):
     """The dataset is there (or downloadable) and its splits fit: building the data module finds out.
 
     Returns the data module."""
-    from hydra.utils import instantiate
-
     from lightdist.config.building import building
+    from lightdist.runs import build_datamodule
 
     cfg = _outside_job(cfg)
     with building("data", cfg.data):
-        datamodule = instantiate(cfg.data)
+        datamodule = build_datamodule(cfg)  # with the model's own tokenizer, when it names one
         datamodule.check_available()
     return datamodule
 

@@ -145,6 +145,8 @@ def check_targets(cfg: DictConfig) -> None:
             if key in _HYDRA_KEYS:
                 continue
             where = f"{path}.{key}" if path else str(key)
+            if where == "model.data_tokenizer":  # the data module's tokenizer (runs.build_datamodule)
+                continue
             if key not in params:
                 if var_kw:
                     continue

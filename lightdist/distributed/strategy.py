@@ -75,12 +75,13 @@ class DDPStrategy(EndSpawnedRanks, LightningDDPStrategy):
         release_process_group_at_exit()
 
 
-def build_strategy(cfg: DictConfig | None, trainer: DictConfig) -> Any:
+def build_strategy(cfg: DictConfig | None, trainer: DictConfig, batch_size: int | None = None) -> Any:
     """A Strategy object for groups with a `_target_` (ddp, fsdp, deepspeed...), else a registry name.
 
     lightdist's own factories (fsdp, deepspeed) are told the device type (to pick their CPU
     variant) and the precision; Lightning's classes are built as configured, its DDPStrategy as
     lightdist's DDPStrategy (the same, with ranks that release their process group at exit).
+    `batch_size` (the data's, per rank) is what DeepSpeed is told its micro-batch is.
     """
     if cfg is None:
         return "auto"
@@ -90,7 +91,18 @@ def build_strategy(cfg: DictConfig | None, trainer: DictConfig) -> Any:
         cfg = OmegaConf.merge(cfg, {"_target_": f"{DDPStrategy.__module__}.{DDPStrategy.__qualname__}"})
     params, _, _ = signature_of(cfg._target_)
     context = {"device_type": trainer.get("accelerator", "auto"), "precision": str(trainer.get("precision"))}
-    return instantiate(cfg, **{k: v for k, v in context.items() if k in params})
+    return _with_micro_batch(instantiate(cfg, **{k: v for k, v in context.items() if k in params}), batch_size)
+
+
+def _with_micro_batch(strategy: Any, batch_size: int | None) -> Any:
+    """DeepSpeed reads the per-rank batch size (for its throughput logs) from the train loader's
+    batch_sampler, which loaders built on a sampler of whole batches (length-bucketed text) do not
+    have: it is told the data config's batch size instead."""
+    from lightning.pytorch.strategies import DeepSpeedStrategy
+
+    if isinstance(strategy, DeepSpeedStrategy) and batch_size:
+        strategy.config.setdefault("train_micro_batch_size_per_gpu", int(batch_size))
+    return strategy
 
 
 def processes_per_node(trainer_cfg: DictConfig) -> int:

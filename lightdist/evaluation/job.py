@@ -66,12 +66,10 @@ def prepare(options: Any, run_overrides: list[str], given: list[str]) -> DictCon
 
     `options` has the eval keys (lightdist.commands.eval.EvalOptions), `run_overrides` change the
     run's config, `given` is the command line as recorded in the report."""
-    from hydra.utils import instantiate
-
     from lightdist import run_dir as rd
     from lightdist.checkpoints import verify
     from lightdist.data.base import ClassificationDataModule
-    from lightdist.runs import find_checkpoint, is_run_dir
+    from lightdist.runs import build_datamodule, find_checkpoint, is_run_dir
 
     if options.calibration_bins < 1 or (options.roc_thresholds is not None and options.roc_thresholds < 2):
         raise ConfigError("calibration_bins must be >= 1 and roc_thresholds null or >= 2")
@@ -88,7 +86,7 @@ def prepare(options: Any, run_overrides: list[str], given: list[str]) -> DictCon
         strategy.start_method = "popen"
     checkpoint = find_checkpoint(run_dir, options.ckpt).resolve()
     verify(checkpoint)  # data only (weights_only=True), refused before any rank starts
-    datamodule = instantiate(cfg.data)
+    datamodule = build_datamodule(cfg)
     if not isinstance(datamodule, ClassificationDataModule):
         raise ConfigError(f"data {type(datamodule).__name__} has no labelled splits to evaluate")
     datamodule.check_available()

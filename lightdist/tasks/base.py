@@ -6,7 +6,7 @@ optional groups at a scaled learning rate (set by callbacks, e.g. a fine-tuned b
 and the step counts of the run that only the trainer knows.
 """
 
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 import lightning as L
@@ -28,6 +28,7 @@ class Task(L.LightningModule):
         # parameters frozen for now belong to the optimizer from the start.
         self.scaled_parameters: Collection[nn.Parameter] = ()
         self.lr_factor = 1.0
+        self.lr_factors: dict[int, float] = {}  # id(parameter) -> factor (layer-wise decay)
         self.optimize_frozen = False
         self._loss_hooks: list[Callable[..., torch.Tensor]] = []
 
@@ -38,6 +39,11 @@ class Task(L.LightningModule):
     def scale_learning_rate(self, parameters: Collection[nn.Parameter], factor: float) -> None:
         """Train `parameters` at the optimizer's lr * `factor` (one set; a later call replaces it)."""
         self.scaled_parameters, self.lr_factor = list(parameters), float(factor)
+
+    def scale_learning_rates(self, factors: Mapping[nn.Parameter, float]) -> None:
+        """Train each parameter at the optimizer's lr * its own factor (layer-wise decay); these
+        multiply scale_learning_rate's factor. A later call replaces them."""
+        self.lr_factors = {id(p): float(f) for p, f in factors.items()}
 
     def add_loss_hook(self, hook: Callable[..., torch.Tensor]) -> None:
         """`hook(task, batch, outputs, loss) -> loss`, applied in order to every training loss.
@@ -53,7 +59,8 @@ class Task(L.LightningModule):
 
     def configure_optimizers(self) -> Any:
         optimizer = build_optimizer(self.optimizer_factory, self.optimized_module(), scaled=self.scaled_parameters,
-                                    lr_factor=self.lr_factor, include_frozen=self.optimize_frozen)
+                                    lr_factor=self.lr_factor, include_frozen=self.optimize_frozen,
+                                    factors=self.lr_factors)
         if self.scheduler_factory is None:
             return optimizer
         total, steps_per_epoch = plan_lengths(self.trainer)

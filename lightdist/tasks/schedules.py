@@ -45,6 +45,18 @@ def cosine(optimizer, total_steps: int, steps_per_epoch: int, warmup_steps: int 
     return {"scheduler": LambdaLR(optimizer, fn), "interval": "step"}
 
 
+def linear(optimizer, total_steps: int, steps_per_epoch: int, warmup_steps: int = 0, warmup_epochs: float = 0.0,
+           warmup_ratio: float = 0.0, warmup_start_factor: float = 0.01, min_lr_ratio: float = 0.0) -> dict:
+    """Linear warmup, then linear decay to min_lr_ratio * lr at the last step (the usual transformer
+    fine-tuning schedule). warmup_ratio: warmup as a share of the whole run."""
+    if not 0.0 <= warmup_ratio < 1.0:
+        raise ConfigError(f"scheduler.warmup_ratio={warmup_ratio} must be in [0, 1)")
+    warmup = max(_warmup_steps(warmup_steps, warmup_epochs, steps_per_epoch), int(round(warmup_ratio * total_steps)))
+    span = max(1, total_steps - warmup)
+    fn = _with_warmup(warmup, warmup_start_factor, lambda s: 1.0 - (1.0 - min_lr_ratio) * min(1.0, s / span))
+    return {"scheduler": LambdaLR(optimizer, fn), "interval": "step"}
+
+
 def step_decay(optimizer, total_steps: int, steps_per_epoch: int, step_epochs: float = 30, gamma: float = 0.1,
                warmup_steps: int = 0, warmup_epochs: float = 0.0, warmup_start_factor: float = 0.01) -> dict:
     warmup = _warmup_steps(warmup_steps, warmup_epochs, steps_per_epoch)

@@ -34,7 +34,9 @@ FACTS = {
     "EnvDataModule": {"observation_shape": (4,), "num_actions": 3},
 }
 FACTS["ImageFilesDataModule"] = FACTS["VisionDataModule"]  # a user's images: the same facts as canonical ones
-MODEL_KIND = {"mlp_qnet": "EnvDataModule", "nature_cnn": "EnvDataModule"}
+MODEL_KIND = {"mlp_qnet": "EnvDataModule", "nature_cnn": "EnvDataModule", "hf_encoder": "TextDataModule"}
+# Models read from a pretrained folder (model.path, required): a tiny random one written for this module.
+FROM_FOLDER = ("lightdist.text.models.pretrained.HFEncoderClassifier",)
 # Data modules whose inputs are of the same kind: any image model takes either.
 SAME_INPUTS = {"ImageFilesDataModule": "VisionDataModule"}
 
@@ -45,6 +47,13 @@ def model_kind(option: str) -> str:
 
 def options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+@pytest.fixture(scope="module")
+def hf_model(tmp_path_factory) -> Path:
+    from tests.helpers.hf_models import write_tiny_bert
+
+    return write_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
 
 
 @pytest.fixture(scope="module")
@@ -87,12 +96,14 @@ def build(cfg, group: str) -> None:
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
-def test_every_option_switches_on_top_of_the_experiment(compose, experiment):
+def test_every_option_switches_on_top_of_the_experiment(compose, hf_model, experiment):
     """Composes and validates; the model/optimizer/scheduler build; a model of another kind of data
     than the experiment's is refused by check_wiring, with one line naming the missing facts."""
     for group in SWITCHED:
         for option in options(group):
             overrides = [f"+experiment={experiment}", f"{group}={option}"]
+            if compose(overrides).model.get("_target_") in FROM_FOLDER:
+                overrides.append(f"model.path={hf_model}")  # required; read when the model is built
             if experiment == "mnist_finetune_from_fashion":
                 overrides.append("transfer.init_from=/nonexistent")  # required; never read here
             notes: list = []
