@@ -2,6 +2,7 @@
 rank 0 calls this from the Hydra job, ranks > 0 started by Lightning call it from the
 saved config, and tests may call it directly."""
 
+import json
 import logging
 import sys
 import time
@@ -132,6 +133,10 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
     datamodule = build_datamodule(cfg)
     facts = datamodule.facts()
+    if facts.get("plan"):  # settings a data planner chose from the training split (+experiment=text_auto)
+        log.info("text_auto plan: %s (trainer.max_epochs is the plan's: data.planner.min_epochs/max_epochs "
+                 "bound it)", json.dumps(facts["plan"], sort_keys=True))
+        cfg = OmegaConf.merge(cfg, {"trainer": facts["plan"].get("trainer", {})})
     task = build_task(cfg, facts)
     # A pretrained backbone's normalisation, for a data module that takes it (it decides: data.normalize=auto).
     stats = pretrained_statistics(getattr(task, "model", task))
