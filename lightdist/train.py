@@ -89,8 +89,9 @@ def build_trainer(cfg: DictConfig, run_dir: Path) -> L.Trainer:
     loggers = build_loggers(cfg)
     return instantiate(
         cfg.trainer,
-        plugins=cluster_plugins() or None,
-        strategy=build_strategy(cfg.get("strategy"), cfg.trainer, (cfg.get("data") or {}).get("batch_size")),
+        plugins=cluster_plugins(cfg) or None,
+        strategy=build_strategy(cfg.get("strategy"), cfg.trainer, (cfg.get("data") or {}).get("batch_size"),
+                                timeout_s=(cfg.get("distributed") or {}).get("timeout_s")),
         callbacks=build_callbacks(cfg, has_logger=bool(loggers)),
         logger=loggers if loggers else False,
         default_root_dir=str(run_dir),

@@ -13,21 +13,31 @@ def run_id() -> str:
     """A name for this run that every rank of the job computes identically.
 
     Under SLURM it is the job id (array job and task for arrays), so that a requeued job
-    lands in the same directory and resumes there. Under torchrun it is the rendezvous
-    id. A local run is named by its start time, computed once per process (ranks > 0 of
-    a local run never compute it: they read rank 0's resolved config).
+    lands in the same directory and resumes there. In a Kubernetes PyTorchJob it is the job's
+    name (LIGHTDIST_JOB_NAME, else the master's address and port). Under torchrun it is the rendezvous
+    id (`--rdzv-id`), or, under static rendezvous (no id), the start time of the first rank,
+    shared through torchrun's rendezvous store, whatever node a rank is on. A local run is
+    named by its start time, computed once per process (ranks > 0 of a local run never
+    compute it: they read rank 0's resolved config).
     """
     global _local_run_id
     if "SLURM_ARRAY_JOB_ID" in os.environ and "SLURM_ARRAY_TASK_ID" in os.environ:
         return f"slurm-{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ['SLURM_ARRAY_TASK_ID']}"
     if "SLURM_JOB_ID" in os.environ:
         return f"slurm-{os.environ['SLURM_JOB_ID']}"
-    elastic = os.environ.get("TORCHELASTIC_RUN_ID")
-    if elastic and elastic != "none":
-        return f"torchrun-{elastic}"
+    from lightdist.distributed import torchrun
+    from lightdist.distributed.cluster import job_id
+
+    kubeflow = job_id()  # a PyTorchJob's pods: the job's name (or its master's address and port)
+    if kubeflow:
+        return f"k8s-{kubeflow}"
+    if torchrun.rendezvous_id():
+        return f"torchrun-{torchrun.rendezvous_id()}"
     if _local_run_id is None:
         # The suffix keeps two runs started in the same second apart.
         _local_run_id = time.strftime("%Y-%m-%d_%H-%M-%S") + "_" + secrets.token_hex(2)
+        if torchrun.launched_by_torchrun():
+            _local_run_id = "torchrun-" + torchrun.agreed_value(torchrun.RUN_ID_KEY, _local_run_id)
     return _local_run_id
 
 

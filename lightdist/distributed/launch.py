@@ -9,6 +9,7 @@ a child that finds the variable skips Hydra and runs that one job from that file
 The command line the children receive is then irrelevant, whatever Lightning puts in it.
 """
 
+import atexit
 import contextlib
 import os
 import signal
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from lightdist.compat import is_script_launcher
-from lightdist.errors import RankFailed, error_line
+from lightdist.errors import RankFailed, error_line, one_line
 
 JOB_CONFIG_ENV = "LIGHTDIST_JOB_CONFIG"
 
@@ -159,5 +160,24 @@ def rank_failure(exc: BaseException, run_dir: str | Path, wait_s: float = 1.0) -
         if death:
             return RankFailed(death) if _claim(death) else SystemExit(RankFailed.exit_code)
         if time.monotonic() >= deadline:
-            return None
+            return _timeout_failure(exc)
         time.sleep(0.05)
+
+
+def _timeout_failure(exc: BaseException) -> RankFailed | None:
+    """A collective that gave up waiting (distributed.timeout_s): a peer alive but stuck, named as such."""
+    from lightdist.distributed.ranks import rank_from_env
+
+    text = one_line(exc)
+    if "timed out" not in text.lower() and "timeout" not in text.lower():
+        return None
+    detail = text.split("] ", 1)[-1]  # gloo prefixes its source file and line
+    # Ranks this process started would outlive it while stuck outside a collective (rank 0 raising does
+    # not end them): they are ended at exit, once this line is out (Lightning's observer kills rank 0
+    # soon after a child dies); the watch is told first that this is no death to report.
+    _claim("timeout")
+    if is_script_launcher(_launcher) and _launcher.procs:  # procs: the ranks this process started
+        atexit.register(_launcher.kill, signal.SIGKILL)
+    return RankFailed(f"rank {rank_from_env()}: a collective waited longer than distributed.timeout_s for another "
+                      f"rank, which stopped responding ({detail})",
+                      hint="find what that rank was doing; raise distributed.timeout_s if it is only slow")

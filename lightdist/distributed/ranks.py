@@ -24,8 +24,10 @@ def rank_from_env() -> int:
 
 
 def launched_externally() -> bool:
-    """True when every rank was started by an outside launcher (srun, torchrun, mpirun)."""
-    if "TORCHELASTIC_RUN_ID" in os.environ or "JSM_NAMESPACE_RANK" in os.environ:
+    """True when every rank was started by an outside launcher (srun, torchrun, mpirun, a PyTorchJob)."""
+    from lightdist.distributed.cluster import kubeflow_detected
+
+    if "TORCHELASTIC_RUN_ID" in os.environ or "JSM_NAMESPACE_RANK" in os.environ or kubeflow_detected():
         return True
     # srun sets SLURM_STEP_ID for the tasks it starts; a plain sbatch batch shell does not.
     return "SLURM_STEP_ID" in os.environ and "SLURM_NTASKS" in os.environ

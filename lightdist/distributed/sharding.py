@@ -19,6 +19,7 @@ sharding code paths that run on GPUs are also exercised by the CPU test suite:
 """
 
 from collections import Counter
+from datetime import timedelta
 from functools import partial
 from pathlib import Path
 from typing import Any, Literal
@@ -117,6 +118,7 @@ def fsdp(
     cpu_offload: bool = False,
     state_dict_type: Literal["full", "sharded"] = "sharded",
     limit_all_gathers: bool = True,
+    timeout: timedelta | None = None,
 ) -> FSDPStrategy:
     """Fully Sharded Data Parallel.
 
@@ -138,6 +140,7 @@ def fsdp(
         cpu_offload=cpu_offload,
         state_dict_type=state_dict_type,
         limit_all_gathers=limit_all_gathers,
+        **_timeout(timeout),
     )
     # the named classes, to which check_module adds the model's blocks; None: no `blocks` asked for
     blocks = BLOCKS in (auto_wrap_modules or [])
@@ -171,6 +174,7 @@ def deepspeed(
     overlap_comm: bool = True,
     param_persistence_threshold: int = 100_000,
     config: str | None = None,
+    timeout: timedelta | None = None,
 ) -> DeepSpeedStrategy:
     """DeepSpeed ZeRO. `config` (a JSON/YAML file) replaces every other option when given,
     as Lightning does with DeepSpeedStrategy(config=...).
@@ -180,7 +184,7 @@ def deepspeed(
     """
     cls = CPUDeepSpeedStrategy if device_type == "cpu" else DeepSpeedStrategy
     if config:
-        return cls(config=load_deepspeed_config(config))
+        return cls(config=load_deepspeed_config(config), **_timeout(timeout))
     strategy = cls(
         stage=stage,
         offload_optimizer=offload_optimizer,
@@ -189,6 +193,7 @@ def deepspeed(
         reduce_bucket_size=reduce_bucket_size,
         contiguous_gradients=contiguous_gradients,
         overlap_comm=overlap_comm,
+        **_timeout(timeout),
     )
     # Settings DeepSpeedStrategy has no argument for go into the DeepSpeed config it built.
     strategy.config["zero_optimization"]["stage3_param_persistence_threshold"] = int(param_persistence_threshold)
@@ -202,6 +207,11 @@ def deepspeed(
         # optimizer is what the config chose (optimizer=deepspeed_cpu_adam is faster on GPU nodes).
         strategy.config["zero_force_ds_cpu_optimizer"] = False
     return strategy
+
+
+def _timeout(timeout: timedelta | None) -> dict:
+    """The process-group timeout (distributed.timeout_s, given by build_strategy), else Lightning's default."""
+    return {"timeout": timeout} if timeout is not None else {}
 
 
 def needs_consolidated_weights(strategy: Any) -> bool:

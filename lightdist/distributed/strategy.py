@@ -1,8 +1,10 @@
 """Turn the `strategy` config group into what Lightning's Trainer takes."""
 
 import atexit
+import inspect
 import os
 import sys
+from datetime import timedelta
 from typing import Any, NoReturn
 
 from hydra.utils import get_object, instantiate
@@ -11,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lightdist.compat import EndSpawnedRanks, run_exit_handlers
 from lightdist.config.validate import signature_of
+from lightdist.errors import ConfigError
 
 RELEASE_TIMEOUT_S = 10.0
 
@@ -75,23 +78,43 @@ class DDPStrategy(EndSpawnedRanks, LightningDDPStrategy):
         release_process_group_at_exit()
 
 
-def build_strategy(cfg: DictConfig | None, trainer: DictConfig, batch_size: int | None = None) -> Any:
+def build_strategy(cfg: DictConfig | None, trainer: DictConfig, batch_size: int | None = None,
+                   timeout_s: float | None = None) -> Any:
     """A Strategy object for groups with a `_target_` (ddp, fsdp, deepspeed...), else a registry name.
 
     lightdist's own factories (fsdp, deepspeed) are told the device type (to pick their CPU
     variant) and the precision; Lightning's classes are built as configured, its DDPStrategy as
     lightdist's DDPStrategy (the same, with ranks that release their process group at exit).
     `batch_size` (the data's, per rank) is what DeepSpeed is told its micro-batch is.
+    `timeout_s` (distributed.timeout_s) is every strategy's process-group timeout.
     """
-    if cfg is None:
-        return "auto"
-    if "_target_" not in cfg:
-        return cfg.get("name", "auto")
+    timeout = collective_timeout(timeout_s)
+    if cfg is None or "_target_" not in cfg:
+        return (cfg or {}).get("name", "auto")
     if get_object(cfg._target_) is LightningDDPStrategy:
         cfg = OmegaConf.merge(cfg, {"_target_": f"{DDPStrategy.__module__}.{DDPStrategy.__qualname__}"})
     params, _, _ = signature_of(cfg._target_)
-    context = {"device_type": trainer.get("accelerator", "auto"), "precision": str(trainer.get("precision"))}
-    return _with_micro_batch(instantiate(cfg, **{k: v for k, v in context.items() if k in params}), batch_size)
+    context = {"device_type": trainer.get("accelerator", "auto"), "precision": str(trainer.get("precision")),
+               "timeout": timeout}
+    return _with_micro_batch(instantiate(cfg, **{k: v for k, v in context.items() if k in params and v is not None}), batch_size)
+
+
+def collective_timeout(timeout_s: float | None) -> Any:
+    """distributed.timeout_s as a timedelta, also given to the strategies Lightning builds from a
+    name ("auto" picks "ddp" for several processes) through its strategy registry."""
+    from lightning.pytorch.strategies import StrategyRegistry
+
+    if timeout_s is None:
+        return None
+    if isinstance(timeout_s, bool) or not isinstance(timeout_s, int | float) or timeout_s <= 0:
+        raise ConfigError(f"distributed.timeout_s must be a positive number of seconds, got {timeout_s!r}",
+                          hint="e.g. distributed.timeout_s=1800")
+    timeout = timedelta(seconds=timeout_s)
+    for name, entry in list(StrategyRegistry.items()):
+        if "timeout" in inspect.signature(entry["strategy"]).parameters:
+            StrategyRegistry.register(name, entry["strategy"], entry["description"], override=True,
+                                      **{**entry["init_params"], "timeout": timeout})
+    return timeout
 
 
 def _with_micro_batch(strategy: Any, batch_size: int | None) -> Any:

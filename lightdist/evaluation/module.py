@@ -98,8 +98,9 @@ def build_eval_trainer(cfg: DictConfig, folder: Path) -> L.Trainer:
 
     return instantiate(
         cfg.trainer,
-        plugins=cluster_plugins() or None,
-        strategy=build_strategy(cfg.get("strategy"), cfg.trainer),
+        plugins=cluster_plugins(cfg) or None,
+        strategy=build_strategy(cfg.get("strategy"), cfg.trainer,
+                                timeout_s=(cfg.get("distributed") or {}).get("timeout_s")),
         callbacks=[],
         logger=False,
         enable_checkpointing=False,
