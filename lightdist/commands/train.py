@@ -14,7 +14,7 @@ from typing import Any
 
 from lightdist.config import config_dir
 from lightdist.config.checks import check_config, preflight, unswept_folds
-from lightdist.config.compose import flag_value, split_args
+from lightdist.config.compose import flag_value, split_args, with_run_overrides
 from lightdist.distributed.launch import announce_job_config, isolated_job, rank_failure, rank_log
 from lightdist.distributed.ranks import is_rank_zero
 from lightdist.errors import JobFailed, LightdistError
@@ -27,6 +27,7 @@ _NO_PREFLIGHT = {"-h", "--help", "--hydra-help", "--version", "-i", "--info", "-
 
 def run(argv: list[str]) -> None:
     flags, overrides = split_args(argv)
+    overrides = with_run_overrides(overrides)  # resuming in run_dir=<run>: that run's own config first
     config_name = flag_value(flags, "-cn", "--config-name") or "config"
     cfg = None if any(f in _NO_PREFLIGHT for f in flags) else preflight(overrides, config_name)
     folds = unswept_folds(cfg, overrides)

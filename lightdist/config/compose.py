@@ -73,6 +73,37 @@ def sweep_points(overrides: list[str]) -> list[list[str]]:
     return [point for batch in basic_sweep_batches(parsed) for point in batch]
 
 
+def with_run_overrides(overrides: list[str]) -> list[str]:
+    """With `run_dir=<an existing run>`: that run's own overrides first, then these (which win on a key both set).
+
+    Resuming with `run_dir=<dir> ckpt_path=last` alone must rebuild the run it continues (its
+    experiment, model, data), not the default config: the checkpoint would not fit it, and the
+    run's config.yaml would be replaced by another run's. Hydra keeps each run's command-line
+    overrides in <run>/.hydra/overrides.yaml.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    parser = OverridesParser.create()
+    given = parser.parse_overrides(overrides)
+    run_dir = next((o.value() for o in given if o.key_or_group == "run_dir" and not o.is_sweep_override()), None)
+    saved_file = os.path.join(os.path.expanduser(str(run_dir)), ".hydra", "overrides.yaml") if run_dir else None
+    if saved_file is None or not os.path.isfile(saved_file):
+        return overrides
+    try:
+        saved = [str(line) for line in OmegaConf.to_container(OmegaConf.load(saved_file))]
+        saved_parsed = parser.parse_overrides(saved)
+    except Exception as exc:
+        raise ConfigError(f"cannot read the run's overrides in {saved_file} ({str(exc).splitlines()[0]})",
+                          hint="restore that file, or give the run's full command line again") from exc
+
+    def key(override) -> tuple[str, str | None]:
+        return override.key_or_group, override.package
+
+    mine = {key(o) for o in given}
+    return [o.input_line for o in saved_parsed if key(o) not in mine] + overrides
+
+
 def compose(overrides: list[str], config_name: str = "config", notes: list | None = None):
     """The config a job with these overrides runs, adapted to its group choices as the job adapts it
     (lightdist.config.groups); what was adapted is appended to `notes` as (log level, message)."""
