@@ -6,6 +6,9 @@ ZeRO: a `checkpoint/` folder and a `latest` tag). `consolidate` turns any of the
 Lightning-format file with the full model weights, loadable on one device for evaluation,
 prediction or fine-tuning.
 
+Checkpoint files are written atomically (AtomicCheckpointIO): a process killed while writing one
+leaves the previous file whole, so a restarted job always finds a loadable last.ckpt.
+
 Checkpoints are data, never code: every file is unpickled with `weights_only=True` (tensors,
 plain values and the few classes in SAFE_GLOBALS), and `verify` refuses, before Lightning,
 DeepSpeed or torch.distributed.checkpoint unpickle anything (they use plain pickle for parts of
@@ -24,6 +27,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from lightdist.compat import DCP_METADATA_GLOBALS, WRAPPER_PREFIXES, dcp_item_location
 from lightdist.errors import CheckpointError
@@ -180,24 +184,55 @@ def checkpoint_kind(path: Path) -> Kind:
     raise CheckpointError(f"checkpoint {path} does not exist", hint="pass ckpt_path=last or an existing .ckpt")
 
 
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's file checkpoints, written beside their final name, synced, then renamed into place.
+
+    Lightning writes a file in the system's temporary directory and moves it: a rename only when
+    that directory is on the checkpoint's filesystem. On a cluster it rarely is (local /tmp, runs
+    on a shared filesystem), and the move copies into the final name, where a kill -9 or a node
+    failure leaves a truncated last.ckpt in place of the previous one. Remote URLs keep Lightning's way.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        if storage_options is not None or "://" in str(path):
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")  # one writer per file; a leftover is overwritten next time
+        try:
+            with open(tmp, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())  # the data is on disk before the name points at it
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+
 def latest_checkpoint(run_dir: Path) -> Path | None:
-    """The newer of last.ckpt (every epoch end) and preempted.ckpt (saved on a preemption signal)."""
+    """The newer of last.ckpt (every epoch end, and every checkpoint.every_n_steps steps or
+    checkpoint.every_minutes minutes when set) and preempted.ckpt (saved on a preemption signal)."""
     candidates = [p for p in (run_dir / CHECKPOINT_DIR / "last.ckpt", run_dir / CHECKPOINT_DIR / "preempted.ckpt")
                   if p.exists()]
     return max(candidates, key=lambda p: p.stat().st_mtime) if candidates else None
 
 
 def is_restart() -> bool:
-    """This process belongs to a job that the scheduler started again (requeue, elastic restart)."""
-    return int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) > 0 or int(
-        os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0) > 0
+    """This process may belong to a job that the scheduler started again (requeue, elastic restart).
+
+    Under torchrun always: its run directory belongs to the job (named by the rendezvous id, or
+    agreed through the agent's store, which outlives restarts), so a checkpoint there was written by
+    an earlier attempt. TORCHELASTIC_RESTART_COUNT cannot tell: an agent whose ranks are healthy
+    restarts them without counting when another node re-joins, and every rank must decide alike.
+    """
+    return int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) > 0 or "TORCHELASTIC_RUN_ID" in os.environ
 
 
 def resolve_ckpt_path(ckpt_path: str | None, run_dir: Path) -> str | None:
     """What to resume from.
 
-    - None: nothing, unless the job itself was restarted (SLURM requeue, torchrun restart):
-      then the run directory's latest checkpoint, if it has one.
+    - None: nothing, unless the job itself was restarted (SLURM requeue) or runs under torchrun
+      (an elastic restart): then the run directory's latest checkpoint, if it has one.
     - `last`: the run directory's latest checkpoint (last.ckpt or preempted.ckpt, newer first).
     - a path: must exist and be a readable checkpoint (file or sharded directory).
 

@@ -166,6 +166,73 @@ def undo_logging_step_advance(checkpoint: dict[str, Any]) -> None:
         loop["_batches_that_stepped"] -= 1
 
 
+def settle_batch_totals(trainer: Any) -> None:
+    """After a restore, count a batch that was fetched but never trained (a checkpoint saved before a
+    batch, on preemption) as not fetched in the run's totals too. Lightning resets only the epoch's
+    counters on restart; with the totals left one ahead, the next checkpoint saved at a batch's end
+    would be restored as one saved in the middle of a batch, and one batch repeated.
+
+    Relies on: fit_loop.epoch_loop.batch_progress.total (ready counts fetched batches, started those
+    whose on_train_batch_start ran). Called at on_train_start: after Lightning decided its restart
+    stage from the restored counters, before the epoch loop acts on it (a checkpoint saved at a
+    batch's end still has its completed counter one behind there: left alone).
+    """
+    total = trainer.fit_loop.epoch_loop.batch_progress.total
+    if total.ready > total.started:  # fetched, never started: saved at on_train_batch_start
+        total.ready = total.started
+
+
+def train_loader_states(trainer: Any) -> list[dict[str, Any]]:
+    """The state of each stateful training loader, as Lightning puts it in a checkpoint.
+
+    Relies on: FitLoop._combined_loader (the training CombinedLoader) and CombinedLoader._state_dicts,
+    which Lightning's own FitLoop.on_save_checkpoint calls; trainer.train_dataloader gives the loaders
+    but not Lightning's choice and order of the stateful ones.
+    """
+    loader = trainer.fit_loop._combined_loader
+    return loader._state_dicts() if loader is not None else []
+
+
+def replace_train_loader_states(checkpoint: dict[str, Any], states: list[dict[str, Any]]) -> None:
+    """Put `states` in place of the training loaders' states Lightning saved in `checkpoint`
+    (an empty list: the resumed run starts its loaders' epoch afresh).
+
+    Relies on: the checkpoint layout loops.fit_loop["state_dict"]["combined_loader"] (what
+    FitLoop.on_save_checkpoint returns, restored by FitLoop.on_load_checkpoint). No API writes it.
+    """
+    loop = checkpoint.get("loops", {}).get("fit_loop", {}).get("state_dict")
+    if loop is not None:
+        loop["combined_loader"] = states
+
+
+def load_train_loader_states(trainer: Any) -> bool:
+    """Give the training loaders the states a resumed fit read from its checkpoint, if Lightning has
+    not (then their iterator is made again, to start where the state says); True when it had not.
+
+    Lightning hands the states over when it sets up the training data, but only if that happens
+    after the loops were restored; `trainer.estimated_stepping_batches` (a schedule's length, read in
+    configure_optimizers) sets the data up earlier, and the states are then never loaded.
+    Relies on: FitLoop._combined_loader_states_to_load, _load_combined_loader_states and
+    _data_fetcher (the iterator FitLoop.setup_data made), as Lightning 2.6 uses them.
+    """
+    loop = trainer.fit_loop
+    if not (loop.restarting and loop._combined_loader_states_to_load and loop._combined_loader is not None):
+        return False
+    loop._load_combined_loader_states()
+    if loop._data_fetcher is not None:
+        iter(loop._data_fetcher)
+    return True
+
+
+def also_every_epoch(checkpoint: Any) -> None:
+    """Let a ModelCheckpoint built with a step or time trigger save at every epoch end as well.
+
+    Relies on: ModelCheckpoint._every_n_epochs, the epoch trigger its epoch-end hooks read. Its
+    constructor refuses two triggers at once and no public setter exists.
+    """
+    checkpoint._every_n_epochs = 1
+
+
 class KeepMetricsFile:
     """Mixin for Lightning's CSV ExperimentWriter: `continue_file()` (defined by the subclass) runs
     where Lightning would delete an existing metrics.csv.

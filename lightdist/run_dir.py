@@ -105,6 +105,9 @@ def start_segment(run_dir: Path, world_size: int) -> None:
         "argv": sys.argv[1:],
         "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
         "slurm_restart_count": int(os.environ.get("SLURM_RESTART_COUNT", "0")),
+        # torchrun --max-restarts: how often rank 0's agent restarted its ranks (not always counted when
+        # another node failed: segments with resumed_from say what a segment continued)
+        "torchrun_restart_count": int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")),
     })
     write_json(path, record)
 

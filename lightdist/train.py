@@ -18,12 +18,14 @@ from omegaconf import DictConfig, OmegaConf
 from lightdist import run_dir as rd
 from lightdist.callbacks.continuity import RunContinuity
 from lightdist.callbacks.divergence import Diverged
+from lightdist.callbacks.loader_state import LoaderState
 from lightdist.callbacks.model_options import model_options
 from lightdist.callbacks.model_state import ModelStateSize
 from lightdist.callbacks.preemption import PreemptionHandler
 from lightdist.callbacks.progress import LogProgress
+from lightdist.callbacks.rng_state import RNGState
 from lightdist.callbacks.timing import StepClock
-from lightdist.checkpoints import load_consolidated, resolve_ckpt_path
+from lightdist.checkpoints import AtomicCheckpointIO, load_consolidated, resolve_ckpt_path
 from lightdist.distributed.cluster import cluster_plugins
 from lightdist.distributed.launch import watch_ranks
 from lightdist.distributed.preemption import Preempted
@@ -62,6 +64,8 @@ def build_callbacks(cfg: DictConfig, has_logger: bool) -> list[L.Callback]:
     callbacks += composed_callbacks(cfg)
     # Not optional: resumed runs must not duplicate logged steps; the summary reports start-up time.
     callbacks += [RunContinuity(), StepClock(), ModelStateSize()]
+    if cfg.get("exact_resume", True):  # before the preemption handler: it restores the generators first
+        callbacks += [LoaderState(), RNGState()]
     if cfg.get("preemption"):
         callbacks.append(PreemptionHandler.from_config(cfg.preemption))
     trial = cfg.get("search_trial") or {}
@@ -89,7 +93,8 @@ def build_trainer(cfg: DictConfig, run_dir: Path) -> L.Trainer:
     loggers = build_loggers(cfg)
     return instantiate(
         cfg.trainer,
-        plugins=cluster_plugins(cfg) or None,
+        # AtomicCheckpointIO: a process killed while writing a checkpoint leaves the previous one whole
+        plugins=[*cluster_plugins(cfg), AtomicCheckpointIO()],
         strategy=build_strategy(cfg.get("strategy"), cfg.trainer, (cfg.get("data") or {}).get("batch_size"),
                                 timeout_s=(cfg.get("distributed") or {}).get("timeout_s")),
         callbacks=build_callbacks(cfg, has_logger=bool(loggers)),
@@ -133,6 +138,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 
     datamodule = build_datamodule(cfg)
+    if hasattr(datamodule, "exact_resume"):  # resumable training loaders (lightdist.data.resumable)
+        datamodule.exact_resume = bool(cfg.get("exact_resume", True))
     facts = datamodule.facts()
     if facts.get("plan"):  # settings a data planner chose from the training split (+experiment=text_auto)
         log.info("text_auto plan: %s (trainer.max_epochs is the plan's: data.planner.min_epochs/max_epochs "
@@ -145,6 +152,9 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         log.info("normalising with the pretrained backbone's statistics (mean %s, std %s)", *stats)
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), run_dir)
     trainer = build_trainer(cfg, run_dir)
+    if trainer.precision == "64-true":
+        # Lightning converts the task after restoring a checkpoint: float32 parameters would round its weights.
+        task = task.double()
     watch_ranks(trainer, run_dir)  # a rank > 0 that dies is named in one line
     check_module(trainer.strategy, task)
     if trainer.is_global_zero:

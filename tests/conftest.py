@@ -26,10 +26,12 @@ def workdir(tmp_path: Path) -> Path:
 
 # The slowest files first (seconds of one worker, measured): pytest-xdist hands whole files to
 # workers in collection order, so a long file collected last would run alone at the end.
-SLOW_FIRST = ["test_slurm.py", "test_strategies.py", "test_group_switching.py", "test_e2e_image.py",
-              "test_models_hub.py", "test_image_folder_real.py",
-              "test_optimize.py", "test_transfer.py", "test_sweeps.py", "test_cli_errors.py", "test_e2e_rl.py",
-              "test_e2e_text.py", "test_hf_encoder.py", "test_text_auto.py", "test_torchrun.py", "test_kubeflow.py",
+SLOW_FIRST = ["test_slurm.py", "test_slurm_multinode.py", "test_strategies.py", "test_group_switching.py",
+              "test_e2e_image.py", "test_models_hub.py", "test_image_folder_real.py",
+              "test_optimize.py", "test_transfer.py", "test_sweeps.py", "test_cli_errors.py",
+              "test_exact_resume.py", "test_rl_resume.py", "test_e2e_rl.py",
+              "test_e2e_text.py", "test_hf_encoder.py", "test_text_auto.py", "test_torchrun.py", "test_elastic.py",
+              "test_kubeflow.py",
               "test_network.py", "test_eval.py"]
 
 

@@ -293,6 +293,16 @@ def test_torch_inductor_freezing_patch():
     assert config.freezing == before, why
 
 
+def test_lightning_model_checkpoint_epoch_trigger_beside_a_step_trigger(tmp_path):
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    checkpoint = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=5)
+    assert checkpoint.every_n_epochs == 0, uses("lightning")
+    compat.also_every_epoch(checkpoint)
+    assert checkpoint.every_n_epochs == 1 and checkpoint._every_n_train_steps == 5, uses("lightning")
+    assert "self._every_n_epochs >= 1" in inspect.getsource(ModelCheckpoint.on_train_epoch_end), uses("lightning")
+
+
 def test_lightning_csv_writer_keeps_an_existing_metrics_file(tmp_path):
     from lightning.pytorch.loggers import CSVLogger
     from lightning.pytorch.loggers.csv_logs import ExperimentWriter
@@ -315,3 +325,63 @@ def test_lightning_csv_writer_keeps_an_existing_metrics_file(tmp_path):
     made = compat.lazy_experiment(logger, lambda: writer)
     assert made is writer and logger.experiment is writer and compat.lazy_experiment(logger, object) is writer, \
         f"{uses('lightning')}: CSVLogger no longer keeps its writer in _experiment"
+
+
+def test_lightning_train_loader_states_saved_replaced_and_loaded_late(tmp_path):
+    """A checkpoint taken between steps holds the loader state kept at the previous step's end
+    (train_loader_states, replace_train_loader_states); a module reading estimated_stepping_batches
+    in configure_optimizers makes Lightning set the data up before the loops are restored, and
+    load_train_loader_states hands the state over then (it returns True: Lightning had not)."""
+    import lightning as L
+    from torchdata.stateful_dataloader import StatefulDataLoader
+
+    class Module(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.layer = torch.nn.Linear(1, 1)
+            self.seen: list[int] = []
+
+        def training_step(self, batch, batch_idx):
+            self.seen.append(int(batch[0]))
+            return self.layer(batch.float().view(-1, 1)).pow(2).mean()
+
+        def configure_optimizers(self):
+            assert self.trainer.estimated_stepping_batches == 8  # sets the training data up
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+        def train_dataloader(self):
+            return StatefulDataLoader(torch.arange(8), batch_size=1)
+
+    class SaveBetweenSteps(L.Callback):
+        kept: list = []
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            self.kept = compat.train_loader_states(trainer)
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if batch_idx == 3:
+                trainer.save_checkpoint(tmp_path / "between.ckpt")
+                trainer.should_stop = True
+
+        def on_save_checkpoint(self, trainer, pl_module, checkpoint):
+            compat.replace_train_loader_states(checkpoint, self.kept)
+
+    class Load(L.Callback):
+        loaded = None
+
+        def on_train_start(self, trainer, pl_module):
+            self.loaded = compat.load_train_loader_states(trainer)
+
+    def trainer(*callbacks):
+        return L.Trainer(max_epochs=1, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, callbacks=list(callbacks),
+                         default_root_dir=tmp_path)
+
+    why = f"{uses('lightning')}: the fit loop's training loader state handling changed"
+    trainer(SaveBetweenSteps()).fit(Module())
+    saved = torch.load(tmp_path / "between.ckpt", weights_only=True)
+    assert saved["loops"]["fit_loop"]["state_dict"]["combined_loader"][0]["_num_yielded"] == 3, why
+    load, module = Load(), Module()
+    trainer(load).fit(module, ckpt_path=tmp_path / "between.ckpt")
+    assert load.loaded is True, why
+    assert module.seen == [3, 4, 5, 6, 7], f"{why}: resumed with the samples {module.seen}"

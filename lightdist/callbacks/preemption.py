@@ -14,7 +14,12 @@ import lightning as L
 import torch
 import torch.distributed as dist
 
-from lightdist.compat import undo_logging_step_advance
+from lightdist.compat import (
+    replace_train_loader_states,
+    settle_batch_totals,
+    train_loader_states,
+    undo_logging_step_advance,
+)
 from lightdist.distributed.preemption import (
     PREEMPTED_CHECKPOINT,
     Preempted,
@@ -36,6 +41,9 @@ class PreemptionHandler(L.Callback):
         self._previous: dict[signal.Signals, Any] = {}
         self._group: Any = None
         self._saving = False
+        self._advanced_on_restart = True
+        # the training loaders' states where the next check may save (see on_train_batch_end)
+        self._loader_states: list[dict[str, Any]] = []
 
     @classmethod
     def from_config(cls, node: Any) -> "PreemptionHandler":
@@ -46,6 +54,8 @@ class PreemptionHandler(L.Callback):
         self.signalled = self.signalled or signal.Signals(signum)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.ckpt_path is not None:
+            settle_batch_totals(trainer)  # resumed from a checkpoint saved before a batch (this handler's)
         for signum in self.signums:
             self._previous[signum] = signal.signal(signum, self._on_signal)
         if trainer.world_size > 1 and dist.is_available() and dist.is_initialized():
@@ -59,7 +69,12 @@ class PreemptionHandler(L.Callback):
         # checkpoint was taken at the end of a step, before the counter moved on. This one is
         # taken between steps, after it moved: without the correction the resumed run would
         # log every step under the next step's number.
-        undo_logging_step_advance(checkpoint)
+        if self._advanced_on_restart:
+            undo_logging_step_advance(checkpoint)
+        # Lightning saves the loaders' current state, which includes the batch just fetched for the
+        # step not yet taken: a resumed run would skip it. The state before it was kept at the end
+        # of the previous step (none at an epoch's first batch: the resumed epoch starts afresh).
+        replace_train_loader_states(checkpoint, self._loader_states)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Back to Lightning's handlers for testing: a SIGTERM after training stops the job as before.
@@ -74,11 +89,30 @@ class PreemptionHandler(L.Callback):
         dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self._group)
         return bool(flag.item())
 
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+    def _checks_at(self, trainer: L.Trainer, batch_idx: int) -> bool:
+        """Whether the ranks agree on the signal before batch `batch_idx`: between optimizer steps
+        only (the first batch of an accumulation window; windows restart with each epoch), so no
+        accumulated gradient is lost, every check_every_n_steps steps. The same on every rank."""
+        return (batch_idx % trainer.accumulate_grad_batches == 0 and trainer.global_step > 0
+                and trainer.global_step % self.check_every_n_steps == 0)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if not self.preempted and self._checks_at(trainer, batch_idx + 1):
+            self._loader_states = train_loader_states(trainer)
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
         # Between steps: the previous step is complete and logged, the next not begun, so the
         # checkpoint and the metrics file end at the same step.
-        if self.preempted or trainer.global_step == 0 or trainer.global_step % self.check_every_n_steps:
+        if self.preempted or not self._checks_at(trainer, batch_idx):
             return
+        if batch_idx == 0:
+            self._loader_states = []
+        # Lightning moves the counter on at restart only where this batch would end an accumulation
+        # window (it asks with the saved batch progress, which counts this batch as fetched)
+        self._advanced_on_restart = ((batch_idx + 1) % trainer.accumulate_grad_batches == 0
+                                     or batch_idx + 1 >= trainer.num_training_batches)
         if not self._anyone_signalled(trainer):
             return
         self.preempted = True

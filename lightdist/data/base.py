@@ -6,6 +6,7 @@ from typing import Any
 import lightning as L
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
+from lightdist.data.resumable import training_loader
 from lightdist.data.samplers import UnpaddedDistributedSampler
 
 
@@ -68,6 +69,8 @@ class ClassificationDataModule(DataModule):
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
         self.test_set: Dataset | None = None
+        # stateful training loaders (lightdist.data.resumable); train.py sets it from `exact_resume`
+        self.exact_resume = True
 
     def collate_fn(self):
         return None
@@ -83,7 +86,20 @@ class ClassificationDataModule(DataModule):
                                       seed=int(os.environ.get("PL_GLOBAL_SEED", 0)), drop_last=self.drop_last)
         return UnpaddedDistributedSampler(dataset, trainer.world_size, trainer.global_rank)
 
+    def _overfitting(self) -> bool:
+        """overfit_batches: Lightning rebuilds the training loader with a sequential sampler."""
+        return self.trainer is not None and bool(self.trainer.overfit_batches)
+
     def _loader(self, dataset: Dataset, training: bool) -> DataLoader:
+        options = dict(num_workers=self.num_workers, pin_memory=self.pin_memory,
+                       persistent_workers=self.persistent_workers, prefetch_factor=self.prefetch_factor,
+                       collate_fn=self.collate_fn())
+        if training and not self._overfitting():
+            trainer = self.trainer
+            world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+            return training_loader(dataset, batch_size=self.batch_size, world_size=world, rank=rank,
+                                   shuffle=self.shuffle, seed=int(os.environ.get("PL_GLOBAL_SEED", 0)),
+                                   drop_last=self.drop_last, stateful=self.exact_resume, **options)
         sampler = self._sampler(dataset, training)
         return DataLoader(
             dataset,
@@ -91,11 +107,7 @@ class ClassificationDataModule(DataModule):
             shuffle=training and self.shuffle and sampler is None,
             sampler=sampler,
             drop_last=training and self.drop_last,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            persistent_workers=self.persistent_workers,
-            prefetch_factor=self.prefetch_factor,
-            collate_fn=self.collate_fn(),
+            **options,
         )
 
     def train_dataloader(self) -> DataLoader:

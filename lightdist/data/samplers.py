@@ -1,6 +1,64 @@
 """Samplers that Lightning or torch do not offer as public API."""
 
+import itertools
+from collections.abc import Iterable, Iterator
+from typing import Any
+
 from torch.utils.data import DistributedSampler
+
+
+class ResumablePosition:
+    """state_dict/load_state_dict of a DistributedSampler: its epoch and how many items it yielded.
+
+    torchdata's StatefulDataLoader saves and restores a sampler that has them (Lightning keeps the
+    loader's state in checkpoints); restored, the next iteration skips what was consumed, but only
+    in the saved epoch: Lightning restores a loader saved at an epoch's end too, then moves to the
+    next epoch (set_epoch), which starts from its beginning. torchdata's StatefulDistributedSampler
+    keeps the position without the epoch, so it would skip samples of the next epoch.
+    """
+
+    yielded = 0
+    _resume_at: tuple[int, int] | None = None
+
+    def set_epoch(self, epoch: int) -> None:
+        if epoch != self.epoch:
+            self.yielded = 0
+        super().set_epoch(epoch)  # type: ignore[misc]
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": int(self.epoch), "yielded": int(self.yielded)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._resume_at = int(state["epoch"]), int(state["yielded"])
+
+    def _resumed(self, items: Iterable) -> Iterator:
+        """Call inside a generator __iter__: its body runs at the first next(), after Lightning's
+        set_epoch (Lightning creates the iterator before it sets a resumed run's epoch)."""
+        start = 0
+        if self._resume_at is not None:
+            epoch, done = self._resume_at
+            self._resume_at = None
+            start = done if epoch == self.epoch else 0
+        self.yielded = start
+        for item in itertools.islice(items, start, None):
+            self.yielded += 1
+            yield item
+
+
+class ResumableDistributedSampler(ResumablePosition, DistributedSampler):
+    """torch's DistributedSampler (also for one process: the order depends on seed and epoch only,
+    not on a generator's history), resumable; with `with_epoch` it yields (epoch, index) pairs for a
+    dataset that draws each sample's randomness from them (lightdist.data.resumable.SeededSamples)."""
+
+    def __init__(self, dataset, num_replicas: int = 1, rank: int = 0, shuffle: bool = True, seed: int = 0,
+                 drop_last: bool = False, with_epoch: bool = False):
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed,
+                         drop_last=drop_last)
+        self.with_epoch = with_epoch
+
+    def __iter__(self):
+        for index in self._resumed(DistributedSampler.__iter__(self)):
+            yield (self.epoch, index) if self.with_epoch else index
 
 
 class UnpaddedDistributedSampler(DistributedSampler):
@@ -27,8 +85,7 @@ class UnpaddedDistributedSampler(DistributedSampler):
         return self.num_samples
 
 
-
-class BucketBatchSampler(DistributedSampler):
+class BucketBatchSampler(ResumablePosition, DistributedSampler):
     """Batches of samples of similar length, sharded over ranks: little padding, every sample once.
 
     Each epoch (same seed on every rank) the indices are shuffled, cut into buckets of
@@ -87,11 +144,14 @@ class BucketBatchSampler(DistributedSampler):
             batches = [batches[i] for i in rng.permutation(len(batches))]
         return batches
 
-    def __iter__(self):
+    def _mine(self) -> Iterator[list[int]]:
         for batch in self._global_batches():
             mine = batch[self.rank :: self.num_replicas]
             if len(mine):
                 yield mine.tolist()
+
+    def __iter__(self):
+        yield from self._resumed(self._mine())  # position restored by a StatefulDataLoader (ResumablePosition)
 
     def __len__(self) -> int:
         n, per_step = len(self.lengths), self.batch_size * self.num_replicas

@@ -56,7 +56,9 @@ def cluster_plugins(cfg=None) -> list:
     `distributed.socket_ifname`), also the network interface of a multi-node process group
     (lightdist.distributed.network), chosen here because it must be set before the group starts."""
     from lightdist.distributed.network import pin_socket_interface
+    from lightdist.distributed.torchrun import isolate_restarted_group
 
+    isolate_restarted_group()  # a torchrun restart: the process group must not meet the dead attempt's keys
     environment = cluster_environment()
     if cfg is not None:
         trainer = cfg.get("trainer") or {}

@@ -10,8 +10,15 @@ strategies, precision, checkpoints and loggers therefore work unchanged.
 Under DDP every rank collects in its own environments (seeded by seed and rank) into its
 own buffer; ranks step in lockstep, so total environment steps are this rank's times the
 world size.
+
+Checkpoints hold every rank's collection state (lightdist.distributed.rank_states): counters,
+replay buffer and its generator, n-step queues, the environments in flight (lightdist.rl.env_state)
+and the batch served but not yet trained on, so a run resumed at any batch repeats the
+uninterrupted one exactly.
 """
 
+import logging
+from collections import deque
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -24,7 +31,9 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from lightdist.data.base import DataModule
 from lightdist.data.samplers import UnpaddedDistributedSampler
+from lightdist.distributed.rank_states import gather, own
 from lightdist.errors import ConfigError, DataError
+from lightdist.rl.env_state import capture_vector, decode, encode, restore_vector, uncapturable
 from lightdist.rl.envs import finished_episodes, make_env, make_vector_env
 from lightdist.rl.recording import check_video_format, save_video
 from lightdist.rl.replay import NStepFolder, PrioritizedReplayBuffer, ReplayBuffer
@@ -34,6 +43,8 @@ ExplorePolicy = Callable[[np.ndarray, int], np.ndarray]
 GreedyPolicy = Callable[[np.ndarray], np.ndarray]
 
 _TRAIN, _VAL, _TEST = 0, 1, 2  # seed streams: training envs, validation episodes, test episodes
+
+log = logging.getLogger(__name__)
 
 
 def stream_seed(seed: int, *path: int) -> int:
@@ -53,6 +64,7 @@ class Collector:
         self.observations: np.ndarray | None = None
         self.finished_returns: list[float] = []
         self.finished_lengths: list[int] = []
+        self.closed = False
 
     @property
     def num_envs(self) -> int:
@@ -100,6 +112,47 @@ class Collector:
 
     def close(self) -> None:
         self.envs.close()
+        self.closed = True
+
+    def state_dict(self, replay: bool, in_flight: bool = True) -> dict[str, Any]:
+        """Everything stepping and sampling depend on; the replay buffer's contents only if `replay`,
+        the environments' episodes only if `in_flight`."""
+        state = {"env_steps": self.env_steps, "episodes": self.episodes,
+                 "finished_returns": list(self.finished_returns), "finished_lengths": list(self.finished_lengths),
+                 "replay_rng": self.replay.rng.bit_generator.state}
+        if replay:
+            state["replay"] = self.replay.state_dict()
+        if in_flight and self.observations is not None and not self.closed:
+            state["episodes_in_flight"] = {"envs": capture_vector(self.envs), "observations": encode(self.observations),
+                                           "n_step_queues": encode(self.folder.pending)}
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> str | None:
+        """Restores `state`; returns why episodes in flight could not continue (None when they do)."""
+        self.env_steps, self.episodes = int(state["env_steps"]), int(state["episodes"])
+        self.finished_returns = [float(r) for r in state["finished_returns"]]
+        self.finished_lengths = [int(n) for n in state["finished_lengths"]]
+        if "replay" in state:
+            self.replay.load_state_dict(state["replay"])
+        if "replay_rng" in state:  # checkpoints of earlier versions kept it in the replay state only
+            self.replay.rng.bit_generator.state = state["replay_rng"]
+        self.observations = None  # fresh episodes (seeded by env_steps) unless those in flight come back
+        flight = state.get("episodes_in_flight")
+        if flight is None:
+            return None if self.env_steps == 0 else "the checkpoint holds no environment state"
+        why = uncapturable(flight["envs"])
+        queues = decode(flight["n_step_queues"])
+        if why is None and (len(queues) != self.num_envs or any(len(q) >= self.folder.n for q in queues)):
+            why = "data.num_envs or data.n_step changed"
+        if why is not None:
+            return why
+        try:
+            restore_vector(self.envs, flight["envs"])
+        except ValueError as exc:  # another environment than the checkpoint's: _reset starts afresh
+            return str(exc)
+        self.observations = decode(flight["observations"])
+        self.folder.pending = queues
+        return None
 
 
 class ExperienceStream(IterableDataset):
@@ -112,8 +165,19 @@ class ExperienceStream(IterableDataset):
         return self.batches
 
     def __iter__(self):
-        for _ in range(self.batches):
-            yield self.module.next_batch()
+        return self.module.serve(self.batches)
+
+
+class ExperienceLoader(DataLoader):
+    """The training loader. Resumable, as Lightning asks of a loader resumed mid-epoch (it warns
+    otherwise): where the pass stands and the batch served but not trained on are every rank's own,
+    so they travel in the data module's per-rank state (EnvDataModule.state_dict), not here."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
 
 
 class EpisodeDataset(Dataset):
@@ -203,7 +267,8 @@ class EnvDataModule(DataModule):
         discount `gamma`. An epoch is `batches_per_epoch` batches, followed by `eval_episodes`
         greedy episodes; the test runs `test_episodes`. `record_video` saves the first greedy
         episode of the final test (or of every evaluation too) to <run_dir>/videos.
-        `checkpoint_replay` puts the replay buffer (rank 0's) into checkpoints.
+        `checkpoint_replay` puts every rank's replay buffer into checkpoints; without it a resumed
+        run refills the buffer by acting, so it does not repeat the uninterrupted run exactly.
         """
         super().__init__()
         checks = {"num_envs": num_envs, "n_step": n_step, "buffer_size": buffer_size, "batch_size": batch_size,
@@ -229,6 +294,13 @@ class EnvDataModule(DataModule):
         self.collector: Collector | None = None
         self.batches = 0  # replay batches served (anneals the prioritized-replay beta)
         self._refill_steps = 0
+        # Where the training pass stands: batches served in it, the last ones served (Lightning
+        # fetches a batch before the checkpoint of its step start is taken), and after a resume
+        # where the pass continues with what it served but the task had not trained on yet.
+        self._served = 0
+        self._recent: deque[dict[str, torch.Tensor]] = deque(maxlen=2)
+        self._resume_at, self._resume_batches = 0, []
+        self.exact_resume = True  # train.py sets the top-level `exact_resume`; false: fresh episodes on resume
         self.explore_policy: ExplorePolicy | None = None
         self.greedy_policy: GreedyPolicy | None = None
         self._episode_sets: dict[str, EpisodeDataset] = {}
@@ -298,7 +370,7 @@ class EnvDataModule(DataModule):
 
     def train_dataloader(self) -> DataLoader:
         # batch_size=None: the stream yields whole batches; no workers: acting needs the live policy.
-        return DataLoader(ExperienceStream(self, self.batches_per_epoch), batch_size=None, num_workers=0)
+        return ExperienceLoader(ExperienceStream(self, self.batches_per_epoch), batch_size=None, num_workers=0)
 
     def _episode_loader(self, stage: Literal["val", "test"], episodes: int) -> DataLoader:
         rank, world_size = self._rank()
@@ -317,6 +389,17 @@ class EnvDataModule(DataModule):
         return self._episode_loader("test", self.test_episodes)
 
     # -- what the loaders serve ----------------------------------------------------------------------
+    def serve(self, batches: int):
+        """One training pass of `batches` batches (the rest of it, after a resume mid-pass)."""
+        start, pending = self._resume_at, self._resume_batches
+        self._resume_at, self._resume_batches = 0, []
+        self._served = start
+        while self._served < batches:
+            batch = pending.pop(0) if pending else self.next_batch()
+            self._recent.append(batch)
+            self._served += 1
+            yield batch
+
     def next_batch(self) -> dict[str, torch.Tensor]:
         collector = self.collector
         if self.explore_policy is None:
@@ -359,24 +442,55 @@ class EnvDataModule(DataModule):
         return Path(trainer.default_root_dir) / "videos" / f"{name}.{self.video_format}"
 
     # -- checkpoints -----------------------------------------------------------------------------------
+    def _fitting(self) -> bool:
+        return self.trainer is not None and self.trainer.state.fn == "fit"
+
+    def _trained_in_pass(self) -> int:
+        """Batches of the current training pass the task has trained on (Lightning's count)."""
+        if not self._fitting():
+            return self._served
+        return self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
+
     def state_dict(self) -> dict[str, Any]:
+        """Rank 0's counters (readable at a glance) and every rank's whole collection state. Called on
+        every rank (Lightning's dump_checkpoint), as rank_states.gather needs."""
         collector = self.collector
         if collector is None:
             return {}
-        state = {"env_steps": collector.env_steps, "episodes": collector.episodes, "batches": self.batches}
-        if self.checkpoint_replay:
-            state["replay"] = collector.replay.state_dict()
-        return state
+        trained = self._trained_in_pass()
+        untrained = self._served - trained
+        mine = collector.state_dict(replay=self.checkpoint_replay, in_flight=self.exact_resume)
+        mine["batches"] = self.batches
+        mine["pass"] = {"trained": trained, "untrained": list(self._recent)[len(self._recent) - untrained:]
+                        if 0 < untrained <= len(self._recent) and self.exact_resume else []}
+        return {"env_steps": collector.env_steps, "episodes": collector.episodes, "batches": self.batches,
+                "ranks": gather(mine)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         collector = self.collector
-        if collector is None or not state:
-            return
-        collector.env_steps, collector.episodes = int(state["env_steps"]), int(state["episodes"])
-        self.batches = int(state["batches"])
-        if "replay" in state:
-            collector.replay.load_state_dict(state["replay"])
-        else:
+        if collector is None or not state or not self._fitting():
+            return  # a test after fit loads the best checkpoint's weights, not the collection
+        ranks = state.get("ranks") or [state]
+        mine = own(ranks, "the environments and replay buffer")
+        if mine is None:
+            # Another world size: counters as rank 0 had them, a buffer from the rank of the same
+            # index modulo the old world size, and fresh episodes.
+            rank, _ = self._rank()
+            mine = {k: v for k, v in ranks[rank % len(ranks)].items() if k not in ("episodes_in_flight", "pass")}
+            mine.update(env_steps=state["env_steps"], episodes=state["episodes"], batches=state["batches"])
+        self.batches = int(mine["batches"])
+        why = collector.load_state_dict({"finished_returns": [], "finished_lengths": [], **mine})
+        notes = []
+        if why is not None and collector.env_steps:
+            notes.append(f"episodes in flight restart ({why})")
+        if "replay" not in mine:
             # Counted in env steps, not transitions, so every rank refills alike and stays in lockstep.
             self._refill_steps = self.learning_starts
-        collector.observations = None  # episodes in flight are not in the checkpoint: start new ones
+            notes.append("the replay buffer is refilled (data.checkpoint_replay=false)")
+        trained = int((mine.get("pass") or ranks[0].get("pass") or {}).get("trained", 0))  # equal on every rank
+        within = trained < self.batches_per_epoch  # else the checkpoint ended a pass: the next starts afresh
+        self._resume_at = trained if within else 0
+        self._resume_batches = list(mine.get("pass", {}).get("untrained", [])) if within else []
+        if notes and self.exact_resume and self._rank()[0] == 0:
+            log.warning("resuming the environments: " + "; ".join(notes) + ". The run continues at the right "
+                        "step but does not repeat the uninterrupted one exactly")

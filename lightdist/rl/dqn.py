@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics.aggregation import CatMetric, MeanMetric
 
+from lightdist.distributed.rank_states import gather, own
 from lightdist.errors import ConfigError
 from lightdist.tasks.base import Task
 
@@ -108,6 +109,8 @@ class DQNTask(Task):
     @torch.no_grad()
     def act_greedy(self, observations: np.ndarray) -> np.ndarray:
         obs = torch.as_tensor(observations, device=self.device)
+        if obs.is_floating_point():  # as the precision plugin converts training batches (64-true: float64)
+            obs = obs.to(self.dtype)
         return self.q_net(obs).argmax(dim=1).cpu().numpy()
 
     def act(self, observations: np.ndarray, env_steps_total: int) -> np.ndarray:
@@ -181,9 +184,13 @@ class DQNTask(Task):
             self.train_episode_length.update(lengths)
         return loss
 
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        # global_step already counts this step's optimizer update.
-        if self.global_step % self.hparams.target_update_interval == 0:
+    def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None) -> None:
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        # Here rather than at batch end: once per optimizer step however many batches it accumulated,
+        # and before the callbacks' on_train_batch_end, where periodic checkpoints are written (a
+        # checkpoint taken before the update would resume without it). Lightning counts this step
+        # in global_step once the hook returns.
+        if (self.global_step + 1) % self.hparams.target_update_interval == 0:
             polyak_update(self.target_net, self.q_net, self.hparams.tau)
 
     def on_train_epoch_end(self) -> None:
@@ -236,9 +243,27 @@ class DQNTask(Task):
     def optimized_module(self) -> nn.Module:
         return self.q_net  # the target network follows it by copies, not by gradients
 
+    def _episode_metrics(self) -> dict[str, MeanMetric]:
+        return {"return": self.train_episode_return, "length": self.train_episode_length}
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Per rank (called on every rank): the exploration draws and this epoch's training episodes so far.
+        mine = {"rng": self._rng.bit_generator.state if self._rng is not None else None,
+                "episodes": {name: {k: v.detach().clone() for k, v in metric.metric_state.items()}
+                             for name, metric in self._episode_metrics().items()}}
         checkpoint["exploration"] = {"env_steps_total": self.env_steps_total,
-                                     "epsilon": self.epsilon(self.env_steps_total)}
+                                     "epsilon": self.epsilon(self.env_steps_total), "ranks": gather(mine)}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self.env_steps_total = int(checkpoint.get("exploration", {}).get("env_steps_total", 0))
+        exploration = checkpoint.get("exploration", {})
+        self.env_steps_total = int(exploration.get("env_steps_total", 0))
+        if self._rng is None or self.trainer.state.fn != "fit":  # no trainer yet, or a test after fit
+            return
+        mine = own(exploration.get("ranks"), "the exploration state")
+        if mine is None:
+            return
+        if mine["rng"] is not None:
+            self._rng.bit_generator.state = mine["rng"]
+        for name, metric in self._episode_metrics().items():
+            for key, value in mine["episodes"][name].items():
+                setattr(metric, key, value.to(getattr(metric, key).device))

@@ -13,6 +13,7 @@ from gymnasium.vector import AutoresetMode
 
 import lightdist.rl.gridworld  # noqa: F401  (registers lightdist/GridWorld-v0)
 from lightdist.errors import DataError
+from lightdist.rl.env_state import ResumableEnv
 
 
 def is_atari(env_id: str) -> bool:
@@ -41,7 +42,8 @@ def make_env(env_id: str, env_kwargs: dict[str, Any] | None = None, max_episode_
              render_mode: str | None = None) -> gym.Env:
     """One environment. Episode statistics (return and length, before any reward clipping) are
     recorded by gymnasium's RecordEpisodeStatistics and reported in `info["episode"]`; it sits
-    below the Atari wrappers, so Atari returns are game scores and lengths count emulator frames."""
+    below the Atari wrappers, so Atari returns are game scores and lengths count emulator frames.
+    The outermost wrapper, ResumableEnv, reads and sets the whole chain's state for checkpoints."""
     kwargs = dict(env_kwargs or {})
     if max_episode_steps is not None:
         kwargs["max_episode_steps"] = max_episode_steps
@@ -62,7 +64,7 @@ def make_env(env_id: str, env_kwargs: dict[str, Any] | None = None, max_episode_
     env = gym.wrappers.RecordEpisodeStatistics(env)
     if is_atari(env_id):
         env = atari_wrappers(env)
-    return env
+    return ResumableEnv(env)
 
 
 def make_vector_env(env_fn: Callable[[], gym.Env], num_envs: int, asynchronous: bool = False) -> gym.vector.VectorEnv:

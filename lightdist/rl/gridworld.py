@@ -121,6 +121,15 @@ class GridWorldEnv(gym.Env):
             reward, terminated = self.step_penalty, False
         return self._observation(), float(reward), terminated, False, {"position": self.agent}
 
+    def state_dict(self) -> dict[str, Any]:
+        """What changes during an episode (the layout is the constructor's): where the agent
+        stands and the random generator that wrappers may draw from. Plain values only."""
+        return {"agent": list(self.agent), "np_random": self.np_random.bit_generator.state}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.agent = (int(state["agent"][0]), int(state["agent"][1]))
+        self.np_random.bit_generator.state = state["np_random"]
+
     def shortest_path_length(self) -> int | None:
         """Moves on the shortest start-to-goal path avoiding walls and traps (None if there is none)."""
         blocked = self.walls | self.traps

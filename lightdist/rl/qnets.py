@@ -14,6 +14,11 @@ from torch import nn
 _ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU}
 
 
+def _dtype(module: nn.Module) -> torch.dtype:
+    """The parameters' floating dtype (float64 under trainer.precision=64-true): observations go in as it."""
+    return next(module.parameters()).dtype
+
+
 class QHead(nn.Module):
     """Linear action values, or dueling: Q(s, a) = V(s) + A(s, a) - mean_a' A(s, a')."""
 
@@ -57,7 +62,8 @@ class MLPQNetwork(nn.Module):
         self.head = QHead(width, num_actions, dueling, hidden[-1] if dueling and hidden else 0)
 
     def forward(self, observations: torch.Tensor) -> torch.Tensor:
-        return self.head(self.body(observations.float()))
+        # In the parameters' dtype: float64 under trainer.precision=64-true.
+        return self.head(self.body(observations.to(_dtype(self))))
 
 
 class NatureCNN(nn.Module):
@@ -85,4 +91,4 @@ class NatureCNN(nn.Module):
             self.head = QHead(hidden, num_actions)
 
     def forward(self, observations: torch.Tensor) -> torch.Tensor:
-        return self.head(self.trunk(self.body(observations.float() / 255.0)))
+        return self.head(self.trunk(self.body(observations.to(_dtype(self)) / 255.0)))

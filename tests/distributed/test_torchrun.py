@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from tests.helpers.cli import REPO, cli_env, read_summary, run_cli, run_dirs
+from tests.helpers.cli import REPO, cli_env, read_summary, run_cli, run_dirs, stop_processes
 
 TINY = ["+experiment=fashion_mnist_cnn", "trainer.max_epochs=1", "trainer.limit_train_batches=3",
         "trainer.limit_val_batches=2", "trainer.limit_test_batches=2", "trainer.num_sanity_val_steps=0",
@@ -40,11 +40,7 @@ def two_node_job(rendezvous: list[str], cwd: Path, static: bool, timeout: float 
     try:
         codes = [agent.wait(timeout=timeout) for agent in agents]
     finally:
-        for agent in agents:
-            if agent.poll() is None:
-                agent.kill()
-        for log in logs:
-            log.close()
+        stop_processes(agents, logs)
     tails = "\n".join(f"--- node {n} ---\n{(cwd / f'node{n}.log').read_text()[-3000:]}" for n in (0, 1))
     assert codes == [0, 0], tails
 

@@ -48,3 +48,12 @@ def run_dirs(cwd: Path, name: str = "default") -> list[Path]:
 
 def read_summary(run_dir: Path) -> dict:
     return json.loads((run_dir / "summary.json").read_text())
+
+
+def stop_processes(processes: list[subprocess.Popen], logs: list) -> None:
+    """Kill what a test started and is still running (a test that failed half-way), close their logs."""
+    for process in processes:
+        if process.poll() is None:
+            process.kill()
+    for log in logs:
+        log.close()

@@ -51,13 +51,16 @@ def test_target_network_updates_every_interval_only(monkeypatch):
     task = make_task(target_update_interval=3, tau=1.0)
     fake = _Trainer()
     monkeypatch.setattr(DQNTask, "global_step", property(lambda self: fake.global_step))
+    class AddOne:  # an "optimizer"
+        def step(self, closure=None):
+            with torch.no_grad():
+                for p in task.q_net.parameters():
+                    p.add_(1.0)
+
     copies = []
     for step in range(1, 8):
-        with torch.no_grad():
-            for p in task.q_net.parameters():
-                p.add_(1.0)  # an "optimizer step"
-        fake.global_step = step
-        task.on_train_batch_end(None, None, step - 1)
+        fake.global_step = step - 1  # Lightning counts the step once optimizer_step returns
+        task.optimizer_step(0, step - 1, AddOne())
         same = all(torch.equal(a, b) for a, b in zip(task.q_net.parameters(), task.target_net.parameters()))
         copies.append(same)
     assert copies == [False, False, True, False, False, True, False]

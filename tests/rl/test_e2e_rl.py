@@ -66,8 +66,11 @@ def test_resume_continues_env_steps_and_epsilon(workdir):
     ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["global_step"] == 400
     assert ckpt["EnvDataModule"]["env_steps"] == 100 + 400
-    assert ckpt["EnvDataModule"]["replay"]["size"] == 500  # every step so far (the buffer holds 10,000)
-    assert ckpt["exploration"] == {"env_steps_total": 500, "epsilon": pytest.approx(epsilon_at(500, 1.0, 0.05, 1000))}
+    assert ckpt["EnvDataModule"]["ranks"][0]["replay"]["size"] == 500  # every step so far (the buffer holds 10,000)
+    exploration = ckpt["exploration"]
+    assert exploration["env_steps_total"] == 500
+    assert exploration["epsilon"] == pytest.approx(epsilon_at(500, 1.0, 0.05, 1000))
+    assert len(exploration["ranks"]) == 1 and exploration["ranks"][0]["rng"]["bit_generator"] == "PCG64"
 
     run_cli([f"run_dir={run_dir}", "ckpt_path=last", *args, "trainer.max_epochs=3"], cwd=workdir)
     assert run_dirs(workdir, "rl_dqn_gridworld") == [run_dir]

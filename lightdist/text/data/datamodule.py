@@ -8,10 +8,12 @@ from typing import Any, Protocol
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import torch
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from torch.utils.data import DataLoader, Dataset
 
 from lightdist.data.base import ClassificationDataModule
+from lightdist.data.resumable import stateful_dataloader
 from lightdist.data.samplers import BucketBatchSampler
 from lightdist.data.splits import KFold, stratified_split, stratified_subset
 from lightdist.errors import ConfigError, DataError
@@ -335,6 +337,9 @@ class TextDataModule(ClassificationDataModule):
             dataset.lengths, self.batch_size if training else self.eval_batch_size, world, rank,
             shuffle=training and self.shuffle, seed=int(os.environ.get("PL_GLOBAL_SEED", 0)),
             drop_last=training and self.drop_last, bucket_batches=self.bucket_batches)
-        return DataLoader(dataset, batch_size=None, sampler=sampler, num_workers=self.num_workers,
-                          pin_memory=self.pin_memory, persistent_workers=self.persistent_workers,
-                          collate_fn=self.collate_fn())
+        # resumable (the sampler keeps its epoch and position; lightdist.data.resumable), and with its
+        # own generator for the workers' base seed, so loading draws nothing from the global one
+        loader = stateful_dataloader if training and self.exact_resume else DataLoader
+        return loader(dataset, batch_size=None, sampler=sampler, num_workers=self.num_workers,
+                      pin_memory=self.pin_memory, persistent_workers=self.persistent_workers,
+                      collate_fn=self.collate_fn(), generator=torch.Generator().manual_seed(sampler.seed))
