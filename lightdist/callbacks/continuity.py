@@ -1,6 +1,7 @@
 """Keep a run continuous across resumes and requeues: logs without duplicated steps, and a
 record of where each segment of the run started and what it last saved."""
 
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -9,6 +10,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 
 from lightdist import run_dir as rd
 from lightdist.compat import reopen_tensorboard
+from lightdist.distributed.rank_states import gather
 from lightdist.loggers import ContinuingCSVLogger
 
 
@@ -31,9 +33,11 @@ class RunContinuity(L.Callback):
                     # TensorBoard's own mechanism: a writer opened with purge_step hides the
                     # events at or after that step that earlier files of this run hold.
                     reopen_tensorboard(logger, purge_step=step)
+        # every rank's host, in rank order: which node each rank of a multi-node job ran on
+        hosts = gather(socket.gethostname())
         if trainer.is_global_zero:
             rd.update_segment(Path(trainer.default_root_dir), start_step=step,
-                              resumed_from=str(trainer.ckpt_path) if resumed else None)
+                              resumed_from=str(trainer.ckpt_path) if resumed else None, hosts=hosts)
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
         if trainer.is_global_zero:
