@@ -72,6 +72,15 @@ def test_text_single_process_and_without_exact_resume(workdir):
     assert max_weight_difference(run_a, run_c) > 0.0
 
 
+def test_text_ddp_mid_accumulation(workdir):
+    """Bucketed batches sharded over two gloo ranks (each rank its own dropout generator), windows of
+    2 batches, the signal inside a window."""
+    (workdir / "b").mkdir()
+    args = [*TEXT, "trainer=cpu_ddp", "trainer.devices=2", "trainer.accumulate_grad_batches=2"]
+    run_a, run_b, resumed = straight_and_interrupted(workdir, args, [3])
+    assert_identical(run_a, run_b, resumed)
+
+
 def test_image_folder_with_workers_mid_accumulation(workdir):
     """Random crops and flips decoded in two loader workers (new workers after the resume), the
     signal inside an accumulation window."""
