@@ -30,7 +30,7 @@ SLOW_FIRST = ["test_slurm.py", "test_slurm_multinode.py", "test_strategies.py", 
               "test_e2e_image.py", "test_models_hub.py", "test_image_folder_real.py",
               "test_optimize.py", "test_transfer.py", "test_sweeps.py", "test_cli_errors.py",
               "test_exact_resume.py", "test_rl_resume.py", "test_e2e_rl.py",
-              "test_e2e_text.py", "test_hf_encoder.py", "test_text_auto.py", "test_torchrun.py", "test_elastic.py",
+              "test_e2e_text.py", "test_hf_encoder.py", "test_text_auto.py", "test_torchrun.py", "test_elastic.py", "test_imports.py",
               "test_kubeflow.py",
               "test_network.py", "test_eval.py"]
 

@@ -7,7 +7,6 @@ gets its own random parameters.
 
 from typing import Literal
 
-import kornia.augmentation as K
 import torch
 from torch import nn
 
@@ -27,6 +26,8 @@ class ImageAugmentation(nn.Module):
         ops: list[nn.Module] = []
         if crop_padding > 0:
             ops.append(_PaddedRandomCrop(crop_padding, padding_mode))
+        if horizontal_flip or rotation_degrees or translate or zoom or random_erasing > 0:
+            import kornia.augmentation as K  # here: kornia costs 0.3 s to import, and crops alone do not need it
         if horizontal_flip:
             ops.append(K.RandomHorizontalFlip())
         if rotation_degrees or translate or zoom:

@@ -1,0 +1,64 @@
+"""A run imports what its config needs and nothing else: every module a run has imported by the
+time training starts adds to the start-up of every rank (Lightning's ddp launcher starts ranks
+> 0 only once rank 0 reaches fit, so their imports come on top of rank 0's).
+
+matplotlib, scipy, transformers and torchvision are not checked: Lightning imports torchmetrics,
+which imports each of them whenever it is installed.
+"""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.helpers.cli import QUIET, cli_env, run_cli
+
+# Optional dependencies that only a config naming them may import.
+OPTIONAL = ("deepspeed", "optuna", "wandb", "tensorboard", "tensorboardX", "timm", "datasets", "gymnasium",
+            "pyarrow", "sklearn", "onnx", "onnxruntime")
+
+TINY = [*QUIET, "data.train_subset=64", "data.val_subset=32", "trainer.max_epochs=1", "trainer.limit_train_batches=1",
+        "trainer.limit_val_batches=0", "trainer.num_sanity_val_steps=0", "test_after_fit=false"]
+
+
+def test_a_default_image_run_imports_no_optional_dependency(workdir):
+    probe = workdir / "modules"
+    run_cli([*TINY, "+callbacks.modules._target_=tests.helpers.modules_probe.ModulesAtTrainStart",
+             f"+callbacks.modules.path={probe}"], cwd=workdir)
+    loaded = {name.split(".")[0] for name in Path(f"{probe}.0").read_text().split()}
+    assert "lightning" in loaded and "kornia" in loaded  # the probe saw the run: its flips need kornia
+    assert sorted(loaded.intersection(OPTIONAL)) == []
+
+
+# What train.run builds for a strategy, logger and augmentation that a config names, in a fresh
+# interpreter: the packages among `watched` loaded after lightdist's modules and after the build.
+# (A DeepSpeed run itself starts slowly on CPU: DeepSpeed compiles its shared-memory op first.)
+BUILD = """
+import json, sys
+from lightdist import runs, train
+from lightdist.config import resolvers
+from lightdist.config.compose import compose
+from lightdist.distributed.strategy import build_strategy
+
+watched = sys.argv[2].split(",")
+loaded = lambda: sorted(name for name in watched if name in sys.modules)
+imported = loaded()
+resolvers.register()
+cfg = compose([*sys.argv[3:], "paths.output_dir=" + sys.argv[1]])
+build_strategy(cfg.strategy, cfg.trainer, cfg.data.batch_size)
+for logger in train.build_loggers(cfg):
+    logger.experiment  # what a logger writes with, made at its first write
+runs.build_datamodule(cfg)
+print(json.dumps({"imported": imported, "built": loaded()}))
+"""
+
+
+def test_what_a_config_names_is_imported_when_built_and_only_that(workdir):
+    watched = (*OPTIONAL, "kornia")
+    proc = subprocess.run(
+        [sys.executable, "-c", BUILD, str(workdir), ",".join(watched), "strategy=deepspeed_stage_2",
+         "logger=[csv,tensorboard]", "data.augment.horizontal_flip=false"],  # crops alone need no kornia
+        cwd=workdir, env=cli_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result == {"imported": [], "built": ["deepspeed", "tensorboard"]}
