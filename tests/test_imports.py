@@ -11,7 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.helpers.cli import QUIET, cli_env, run_cli
+from tests.helpers.cli import QUIET, REPO, cli_env, run_cli
 
 # Optional dependencies that only a config naming them may import.
 OPTIONAL = ("deepspeed", "optuna", "wandb", "tensorboard", "tensorboardX", "timm", "datasets", "gymnasium",
@@ -24,7 +24,7 @@ TINY = [*QUIET, "data.train_subset=64", "data.val_subset=32", "trainer.max_epoch
 def test_a_default_image_run_imports_no_optional_dependency(workdir):
     probe = workdir / "modules"
     run_cli([*TINY, "+callbacks.modules._target_=tests.helpers.modules_probe.ModulesAtTrainStart",
-             f"+callbacks.modules.path={probe}"], cwd=workdir)
+             f"+callbacks.modules.path={probe}"], cwd=workdir, env=cli_env(PYTHONPATH=str(REPO)))  # imports tests.
     loaded = {name.split(".")[0] for name in Path(f"{probe}.0").read_text().split()}
     assert "lightning" in loaded and "kornia" in loaded  # the probe saw the run: its flips need kornia
     assert sorted(loaded.intersection(OPTIONAL)) == []
