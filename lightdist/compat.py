@@ -166,6 +166,29 @@ def undo_logging_step_advance(checkpoint: dict[str, Any]) -> None:
         loop["_batches_that_stepped"] -= 1
 
 
+def before_rank_observer_kills(report: Any) -> None:
+    """Call `report()` in Lightning's child-process observer just before it kills this process and
+    its ranks, which it does (SIGKILL) as soon as it sees a rank gone: a message this process prints
+    from its own watch could otherwise come too late. Replaces the report of an earlier call.
+
+    Relies on: lightning.fabric.strategies.launchers.subprocess_script._ChildProcessObserver and
+    its _terminate_all method (private; no hook exists).
+    """
+    from lightning.fabric.strategies.launchers import subprocess_script
+
+    observer = subprocess_script._ChildProcessObserver
+    original = observer.__dict__.get("_lightdist_original", observer._terminate_all)
+
+    def terminate_all(self: Any) -> None:
+        try:
+            report()
+        finally:
+            original(self)
+
+    observer._lightdist_original = original
+    observer._terminate_all = terminate_all
+
+
 def settle_batch_totals(trainer: Any) -> None:
     """After a restore, count a batch that was fetched but never trained (a checkpoint saved before a
     batch, on preemption) as not fetched in the run's totals too. Lightning resets only the epoch's

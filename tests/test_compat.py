@@ -385,3 +385,23 @@ def test_lightning_train_loader_states_saved_replaced_and_loaded_late(tmp_path):
     trainer(load).fit(module, ckpt_path=tmp_path / "between.ckpt")
     assert load.loaded is True, why
     assert module.seen == [3, 4, 5, 6, 7], f"{why}: resumed with the samples {module.seen}"
+
+
+def test_lightning_rank_observer_reports_before_it_kills():
+    """The observer SIGKILLs the main process when a rank dies; the report must run first."""
+    import subprocess
+
+    from lightning.fabric.strategies.launchers.subprocess_script import _ChildProcessObserver
+
+    from lightdist.compat import before_rank_observer_kills
+
+    calls = []
+    before_rank_observer_kills(lambda: calls.append("first"))
+    before_rank_observer_kills(lambda: calls.append("second"))  # replaces the first
+    stand_in = subprocess.Popen(["sleep", "60"])  # takes the place of the main process it kills
+    try:
+        _ChildProcessObserver(main_pid=stand_in.pid, child_processes=[])._terminate_all()
+        assert stand_in.wait(timeout=10) == -9
+    finally:
+        stand_in.kill()
+    assert calls == ["second"]

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from lightdist.compat import is_script_launcher
+from lightdist.compat import before_rank_observer_kills, is_script_launcher
 from lightdist.errors import RankFailed, error_line, one_line
 
 JOB_CONFIG_ENV = "LIGHTDIST_JOB_CONFIG"
@@ -92,6 +92,8 @@ def watch_ranks(trainer: Any, run_dir: str | Path) -> None:
     # Only ranks this process starts as scripts itself (not srun's or torchrun's, which start every
     # rank; spawn/fork children report their own errors through Lightning's multiprocessing queue).
     if is_script_launcher(launcher) and not launcher.cluster_environment.creates_processes_externally:
+        # Lightning's own observer kills this process when it sees a dead rank: it reports first
+        before_rank_observer_kills(lambda: _report_killed(launcher, Path(run_dir)))
         threading.Thread(target=_watch, args=(launcher, Path(run_dir)), name="lightdist-rank-watch",
                          daemon=True).start()
 
@@ -102,16 +104,21 @@ def _watch(launcher: Any, run_dir: Path, period_s: float = 0.1) -> None:
         procs = list(launcher.procs)  # empty until fit() starts the ranks
         if procs and all(p.poll() == 0 for p in procs):
             return
-        # Ctrl-C: Lightning ignores further SIGINTs and kills the ranks itself; not a death to report.
-        if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        if _report_killed(launcher, run_dir):
             return
-        # Killed from outside (SIGKILL, the OOM killer, a segfault); ranks that exit with an error
-        # or on SIGINT/SIGTERM may just be following rank 0, which then reports its own error.
-        death = _death(launcher, run_dir, lambda code: code < 0 and -code not in (signal.SIGINT, signal.SIGTERM))
-        if death:
-            if _claim(death):
-                print(error_line(death), file=sys.stderr, flush=True)
-            return
+
+
+def _report_killed(launcher: Any, run_dir: Path) -> bool:
+    """Print the first rank killed from outside (SIGKILL, the OOM killer, a segfault), once; ranks that
+    exit with an error or on SIGINT/SIGTERM may just be following rank 0, which reports its own error.
+    True when there is nothing more to watch."""
+    # Ctrl-C: Lightning ignores further SIGINTs and kills the ranks itself; not a death to report.
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        return True
+    death = _death(launcher, run_dir, lambda code: code < 0 and -code not in (signal.SIGINT, signal.SIGTERM))
+    if death and _claim(death):
+        print(error_line(death), file=sys.stderr, flush=True)
+    return death is not None
 
 
 def _claim(death: str) -> bool:
