@@ -52,7 +52,7 @@ def run_pair(args: list[str]) -> list[Path]:
 
 
 def samples_per_s(run_dir: Path, per_rank_batch: int) -> float:
-    """Steady samples/s of all ranks: the summary's step rate (first step excluded) x global batch."""
+    """Steady samples/s of all ranks: the summary's step rate (first two steps excluded) x global batch."""
     summary = json.loads((run_dir / "summary.json").read_text())
     return summary["train_steps_per_s"] * per_rank_batch * summary["world_size"]
 

@@ -1,7 +1,7 @@
 """Finding, checking and consolidating checkpoints.
 
 A checkpoint is a file (single-device, DDP, FSDP with full state dicts) or a directory of
-per-rank shards (FSDP sharded state dicts: torch.distributed.checkpoint files; DeepSpeed
+per-rank shards (FSDP and FSDP2 sharded state dicts: torch.distributed.checkpoint files; DeepSpeed
 ZeRO: a `checkpoint/` folder and a `latest` tag). `consolidate` turns any of them into one
 Lightning-format file with the full model weights, loadable on one device for evaluation,
 prediction or fine-tuning.
@@ -179,6 +179,10 @@ def checkpoint_kind(path: Path) -> Kind:
             return "fsdp"
         if (path / "latest").is_file() and (path / "checkpoint").is_dir():
             return "deepspeed"
+        if (path / "latest_universal").is_file():  # written by lightdist.distributed.zero_universal
+            raise CheckpointError(f"{path} is the universal form of a DeepSpeed checkpoint, not one to pass",
+                                  hint=f"pass {path.name.removesuffix('.universal')}, the checkpoint it was made "
+                                       "from: a resume at another world size uses this form by itself")
         raise CheckpointError(f"{path} is a directory but neither an FSDP nor a DeepSpeed sharded checkpoint",
                               hint="point at a .ckpt file or a checkpoint directory written by a sharded strategy")
     raise CheckpointError(f"checkpoint {path} does not exist", hint="pass ckpt_path=last or an existing .ckpt")
@@ -277,7 +281,9 @@ def _load_fsdp(path: Path) -> dict[str, Any]:
         state = load_file(merged, "fsdp", label=path)
     meta = path / "meta.pt"
     checkpoint = load_file(meta, "fsdp") if meta.is_file() else {}
-    checkpoint["state_dict"] = strip_wrappers(state["model"])
+    # Lightning's FSDPStrategy keys the weights "model"; ModelParallelStrategy (FSDP2, lightdist.distributed.dcp)
+    # "state_dict". DCP has already gathered DTensor shards into full tensors.
+    checkpoint["state_dict"] = strip_wrappers(state["model"] if "model" in state else state["state_dict"])
     return checkpoint
 
 

@@ -310,6 +310,31 @@ def init_deepspeed_distributed(strategy: Any) -> None:
     strategy._init_deepspeed_distributed()
 
 
+def load_universal_next(engine: Any) -> None:
+    """Make a built DeepSpeed engine's next load_checkpoint read a universal checkpoint.
+
+    Relies on: DeepSpeedEngine._config.load_universal_checkpoint, the `checkpoint.load_universal`
+    setting, which the engine reads at load time only. The public way, the DeepSpeed config, is
+    fixed when Lightning builds the engine, before the checkpoint to resume from is known.
+    """
+    engine._config.load_universal_checkpoint = True
+
+
+def precision_plugin_for(strategy: Any, precision: Any) -> Any:
+    """The precision as a plugin object where Lightning refuses it as a flag, else None.
+
+    Relies on: AcceleratorConnector._validate_precision_choice refusing precision="64-true" with a
+    ModelParallelStrategy by the flag alone (FSDP2 shards float64 parameters like any others); a
+    DoublePrecision plugin given through `plugins` (Trainer precision left unset) is not checked.
+    """
+    from lightning.pytorch.plugins import DoublePrecision
+    from lightning.pytorch.strategies import ModelParallelStrategy
+
+    if isinstance(strategy, ModelParallelStrategy) and str(precision) in ("64-true", "64", "double"):
+        return DoublePrecision()
+    return None
+
+
 # -- Optuna ----------------------------------------------------------------------------------------
 
 

@@ -26,6 +26,7 @@ from lightdist.callbacks.progress import LogProgress
 from lightdist.callbacks.rng_state import RNGState
 from lightdist.callbacks.timing import StepClock
 from lightdist.checkpoints import AtomicCheckpointIO, load_consolidated, resolve_ckpt_path
+from lightdist.compat import precision_plugin_for
 from lightdist.distributed.cluster import cluster_plugins
 from lightdist.distributed.launch import watch_ranks
 from lightdist.distributed.preemption import Preempted
@@ -91,12 +92,15 @@ def build_loggers(cfg: DictConfig) -> list:
 
 def build_trainer(cfg: DictConfig, run_dir: Path) -> L.Trainer:
     loggers = build_loggers(cfg)
+    strategy = build_strategy(cfg.get("strategy"), cfg.trainer, (cfg.get("data") or {}).get("batch_size"),
+                              timeout_s=(cfg.get("distributed") or {}).get("timeout_s"), compile=cfg.get("compile"))
+    precision = precision_plugin_for(strategy, cfg.trainer.get("precision"))  # 64-true under fsdp2
     return instantiate(
         cfg.trainer,
         # AtomicCheckpointIO: a process killed while writing a checkpoint leaves the previous one whole
-        plugins=[*cluster_plugins(cfg), AtomicCheckpointIO()],
-        strategy=build_strategy(cfg.get("strategy"), cfg.trainer, (cfg.get("data") or {}).get("batch_size"),
-                                timeout_s=(cfg.get("distributed") or {}).get("timeout_s")),
+        plugins=[*cluster_plugins(cfg), AtomicCheckpointIO(), *([precision] if precision else [])],
+        strategy=strategy,
+        **({"precision": None} if precision else {}),
         callbacks=build_callbacks(cfg, has_logger=bool(loggers)),
         logger=loggers if loggers else False,
         default_root_dir=str(run_dir),
@@ -179,16 +183,20 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         if cfg.get("test_after_fit", True) and not trainer.interrupted and not preempted:
             import shutil
 
-            from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
+            from lightning.pytorch.strategies import (
+                DeepSpeedStrategy,
+                FSDPStrategy,
+                ModelParallelStrategy,
+            )
 
             from lightdist.checkpoints import CHECKPOINT_DIR
 
             # The best checkpoint is loaded into a freshly built task: sharded strategies (FSDP,
-            # DeepSpeed) wrap the module again for evaluation, which a module already sharded by fit
+            # FSDP2, DeepSpeed) wrap the module again for evaluation, which a module already sharded by fit
             # breaks. A sharded run that ended before its first best checkpoint saves its final
             # weights now (every rank its shard), to be tested the same way and removed afterwards.
             final = ""
-            if not best and isinstance(trainer.strategy, (FSDPStrategy, DeepSpeedStrategy)):
+            if not best and isinstance(trainer.strategy, (FSDPStrategy, DeepSpeedStrategy, ModelParallelStrategy)):
                 final = str(run_dir / CHECKPOINT_DIR / "final-weights.ckpt")
                 trainer.save_checkpoint(final, weights_only=True)
             tested = best or final

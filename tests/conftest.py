@@ -27,6 +27,7 @@ def workdir(tmp_path: Path) -> Path:
 # The slowest files first (seconds of one worker, measured): pytest-xdist hands whole files to
 # workers in collection order, so a long file collected last would run alone at the end.
 SLOW_FIRST = ["test_slurm.py", "test_slurm_multinode.py", "test_strategies.py", "test_group_switching.py",
+              "test_dcp_checkpoints.py", "test_compile.py", "test_fsdp2.py", "test_zero_universal.py",
               "test_e2e_image.py", "test_models_hub.py", "test_image_folder_real.py",
               "test_optimize.py", "test_transfer.py", "test_sweeps.py", "test_cli_errors.py",
               "test_exact_resume.py", "test_rl_resume.py", "test_e2e_rl.py",

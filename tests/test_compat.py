@@ -213,6 +213,22 @@ def test_lightning_fsdp_setup_model_hook():
     assert Strategy._setup_model is compat.WrapBeforeFSDP._setup_model, why
 
 
+def test_lightning_model_parallel_double_precision_as_a_plugin():
+    import lightning as L
+    from lightning.pytorch.plugins import DoublePrecision
+    from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy
+
+    why = f"{uses('lightning')}: ModelParallelStrategy and precision='64-true'"
+    with pytest.raises(ValueError, match="does not support"):  # else the workaround can go
+        L.Trainer(accelerator="cpu", devices=2, precision="64-true", strategy=ModelParallelStrategy(), logger=False)
+    plugin = compat.precision_plugin_for(ModelParallelStrategy(), "64-true")
+    assert isinstance(plugin, DoublePrecision), why
+    trainer = L.Trainer(accelerator="cpu", devices=2, plugins=[plugin], strategy=ModelParallelStrategy(), logger=False)
+    assert trainer.precision == "64-true", why
+    assert compat.precision_plugin_for(ModelParallelStrategy(), "32-true") is None
+    assert compat.precision_plugin_for(DDPStrategy(), "64-true") is None  # a flag Lightning takes as it is
+
+
 def test_lightning_deepspeed_setup_distributed_is_checks_plus_the_init_compat_calls():
     from lightning.pytorch.strategies import DeepSpeedStrategy
 
@@ -222,6 +238,20 @@ def test_lightning_deepspeed_setup_distributed_is_checks_plus_the_init_compat_ca
     assert {"reset_seed", "set_world_ranks", "_init_deepspeed_distributed"} <= called, why
     assert called <= {"parallel_devices", "_validate_device_index_selection", "reset_seed", "set_world_ranks",
                       "_init_deepspeed_distributed"}, f"{why}: it now also calls {sorted(called)}"
+
+
+def test_deepspeed_universal_load_is_an_engine_setting_read_at_load_time():
+    from types import SimpleNamespace
+
+    from deepspeed.runtime.config import DeepSpeedConfig
+    from deepspeed.runtime.engine import DeepSpeedEngine
+
+    why = f"{uses('deepspeed')}: where the engine keeps `checkpoint.load_universal` changed (load_universal_next)"
+    assert "self.load_universal_checkpoint =" in inspect.getsource(DeepSpeedConfig), why
+    engine = SimpleNamespace(_config=SimpleNamespace(load_universal_checkpoint=False))
+    compat.load_universal_next(engine)
+    assert DeepSpeedEngine.load_universal_checkpoint(engine) is True, why
+    assert "load_universal_checkpoint" in DeepSpeedEngine.load_checkpoint.__code__.co_names, why
 
 
 def test_lightning_model_pruning_targets():

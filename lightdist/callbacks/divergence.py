@@ -55,6 +55,8 @@ class DivergenceGuard(L.Callback):
         grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
         if grads:  # kept on the device: read once, with the loss, in on_train_batch_end
             self._grad_norm = torch.nn.utils.get_total_norm(grads)
+            if hasattr(self._grad_norm, "full_tensor"):  # FSDP2: a DTensor, the norm of this rank's shards
+                self._grad_norm = self._grad_norm.full_tensor()
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:

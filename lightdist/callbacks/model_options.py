@@ -2,15 +2,24 @@
 
 Applied at setup, on every rank (after a ddp_spawn launch: a compiled function does not
 pickle) and before the strategy moves and wraps the model, to the task's `model`.
+
+Under DDP the compiled model runs inside DistributedDataParallel: torch._dynamo sees the active
+DDP module and splits the model's graph at DDP's bucket boundaries (its "DDP optimizer",
+torch._dynamo.config.optimize_ddp, on by default), so gradient all-reduces overlap the compiled
+backward. Only the model's forward (and its backward) is compiled: the optimizer step, the loss
+and Lightning's loop run eagerly, so a graph break in the model never splits an optimizer step.
+strategy=fsdp2 compiles each block itself, before sharding it; nothing is compiled here then.
 """
 
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 import lightning as L
 import torch
 from torch import nn
 
+from lightdist.config.validate import strategy_family
 from lightdist.errors import ConfigError
 
 
@@ -22,9 +31,10 @@ def _to_channels_last(module: nn.Module, args: tuple) -> tuple:
 class ModelOptions(L.Callback):
     """`channels_last`: NHWC weights and inputs, which let cuDNN use tensor-core convolutions without
     transposes (mixed precision on GPUs). `compile`: torch.compile's default backend (true) or the
-    named one; nn.Module.compile compiles in place, so state_dict keys stay those of the plain model."""
+    named one (from Python also a backend function); nn.Module.compile compiles in place, so
+    state_dict keys stay those of the plain model."""
 
-    def __init__(self, channels_last: bool = False, compile: bool | str = False):
+    def __init__(self, channels_last: bool = False, compile: bool | str | Callable = False):
         self.channels_last, self.compile = channels_last, compile
         self._done: Any = weakref.WeakSet()  # models already set up (fit, then test, may share one)
 
@@ -35,6 +45,9 @@ class ModelOptions(L.Callback):
         self.__dict__.update(state, _done=weakref.WeakSet())
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        compile = False if getattr(getattr(trainer, "strategy", None), "compiles_blocks", False) else self.compile
+        if not (self.channels_last or compile):
+            return
         model = getattr(pl_module, "model", None)
         if not isinstance(model, nn.Module):
             raise ConfigError(f"channels_last and compile apply to a task's `model`, which "
@@ -44,12 +57,22 @@ class ModelOptions(L.Callback):
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
             model.register_forward_pre_hook(_to_channels_last)
-        if self.compile:
-            model.compile(backend=self.compile if isinstance(self.compile, str) else "inductor")
+        if compile:
+            model.compile(backend="inductor" if compile is True else compile)
         self._done.add(model)
 
 
 def model_options(cfg: Any) -> list[L.Callback]:
     """The callback for the config's top-level `channels_last` and `compile` keys (none when both are off)."""
     channels_last, compile = bool(cfg.get("channels_last")), cfg.get("compile") or False
+    if compile and strategy_family(cfg.get("strategy")) == "fsdp":
+        # measured: dynamo fails on FSDP1's flat parameters in the first backward (torch 2.14)
+        raise ConfigError("compile does not work with strategy=fsdp (FSDP1)",
+                          hint="use strategy=fsdp2, which compiles each block and then shards it, or compile=false")
+    bucket_cap_mb = (cfg.get("strategy") or {}).get("bucket_cap_mb")
+    if compile and bucket_cap_mb is not None and bucket_cap_mb < 1:
+        # torch._dynamo's DDP optimizer keeps DDP's first bucket (1 MiB) and refuses smaller caps
+        raise ConfigError(f"compile under DDP needs strategy.bucket_cap_mb >= 1, not {bucket_cap_mb}: the compiled "
+                          "graph is split at DDP's buckets, the first of which is 1 MiB",
+                          hint="set strategy.bucket_cap_mb=1 or more, or compile=false")
     return [ModelOptions(channels_last, compile)] if channels_last or compile else []

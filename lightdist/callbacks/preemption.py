@@ -20,6 +20,7 @@ from lightdist.compat import (
     train_loader_states,
     undo_logging_step_advance,
 )
+from lightdist.distributed.dcp import wait_for_saves
 from lightdist.distributed.preemption import (
     PREEMPTED_CHECKPOINT,
     Preempted,
@@ -122,6 +123,7 @@ class PreemptionHandler(L.Callback):
         try:
             # the full state (optimizer, loops) to resume from; collective for sharded strategies, ends with a barrier
             trainer.save_checkpoint(partial, weights_only=False)
+            wait_for_saves()  # an async sharded save (strategy.async_save) is in place before the rename
         finally:
             self._saving = False
         if trainer.is_global_zero:

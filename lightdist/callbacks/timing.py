@@ -2,8 +2,9 @@
 imports, process launch, data, DDP set-up) and the steady step rate after it.
 
 Costs one time.time() per step and never synchronises the GPU; the rate counts from the
-end of the first step to the end of the last, so start-up and the first step's
-compilation/allocation are excluded.
+end of the second step to the end of the last, so start-up, allocation and compilation are
+excluded: a compiled model (top-level `compile`) compiles in the second step, because the
+first forward is counted for FLOPs, under a dispatch mode that torch.compile runs eagerly.
 """
 
 import time
@@ -15,6 +16,8 @@ class StepClock(L.Callback):
     def __init__(self):
         self.first_at: float | None = None
         self.first_step = 0
+        self.rate_at: float | None = None
+        self.rate_step = 0
         self.last_at: float | None = None
         self.last_step = 0
 
@@ -24,9 +27,11 @@ class StepClock(L.Callback):
         now = time.time()
         if self.first_at is None:
             self.first_at, self.first_step = now, trainer.global_step
+        elif self.rate_at is None:
+            self.rate_at, self.rate_step = now, trainer.global_step
         self.last_at, self.last_step = now, trainer.global_step
 
     def steps_per_second(self) -> float | None:
-        if self.first_at is None or self.last_step <= self.first_step:
+        if self.rate_at is None or self.last_step <= self.rate_step:
             return None
-        return (self.last_step - self.first_step) / (self.last_at - self.first_at)
+        return (self.last_step - self.rate_step) / (self.last_at - self.rate_at)

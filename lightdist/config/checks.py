@@ -30,9 +30,10 @@ def check_config(cfg, run_dir: Path | None = None, allocation: dict | None = Non
                           hint=" ".join(f"{key}=<value>" for key in missing))
     check_targets(cfg)
     check_sources(cfg)
-    check_devices(cfg.trainer, **(allocation or {}))
+    check_devices(cfg.trainer, **(allocation or {}), threads_per_rank=cfg.get("threads_per_rank", "auto"))
     check_precision(cfg.trainer, cfg.get("strategy"))
     check_clipping(cfg.trainer, cfg.get("strategy"))
+    check_replicas(cfg.trainer, cfg.get("strategy"))
     resolve_ckpt_path(cfg.get("ckpt_path"), run_dir or planned_run_dir(cfg))
 
 
@@ -45,6 +46,23 @@ def check_clipping(trainer, strategy) -> None:
         raise ConfigError(f"trainer.gradient_clip_val={trainer.gradient_clip_val} clips by norm, which Lightning's "
                           "FSDP does not support", hint="set trainer.gradient_clip_val=null (or "
                           "trainer.gradient_clip_algorithm=value) with strategy=fsdp")
+
+
+def check_replicas(trainer, strategy) -> None:
+    """FSDP2's HSDP replicas: `nodes`, or a count that divides the ranks (when the config says how many)."""
+    from lightdist.config.validate import strategy_family
+
+    if strategy_family(strategy) != "fsdp2":
+        return
+    replicas = strategy.get("replicas", 1)
+    if replicas == "nodes":
+        return
+    devices, nodes = trainer.get("devices", 1), trainer.get("num_nodes", 1)
+    ranks = int(devices) * int(nodes) if str(devices).isdigit() and str(nodes).isdigit() else None
+    if isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 1 or (ranks and ranks % replicas):
+        raise ConfigError(f"strategy.replicas={replicas} must be 'nodes' or a count >= 1 that divides the number "
+                          f"of ranks{f' ({ranks})' if ranks else ''}", hint="strategy.replicas=1 (no replication) or "
+                          "strategy.replicas=nodes (shard within a node, replicate across nodes)")
 
 
 def missing_keys(node, path: str = "") -> list[str]:

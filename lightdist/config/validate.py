@@ -175,8 +175,9 @@ _FP16 = {16, "16", "16-mixed", "16-true"}
 
 
 def strategy_family(strategy: DictConfig | None) -> str:
+    """"fsdp2" | "fsdp" (FSDP1) | "deepspeed" | "ddp", from the strategy group's _target_ path."""
     target = ((strategy or {}).get("_target_") or "").lower()
-    return next((family for family in ("fsdp", "deepspeed") if family in target), "ddp")
+    return next((family for family in ("fsdp2", "fsdp", "deepspeed") if family in target), "ddp")
 
 
 def check_precision(trainer: DictConfig, strategy: DictConfig | None) -> None:
@@ -191,7 +192,8 @@ def check_precision(trainer: DictConfig, strategy: DictConfig | None) -> None:
 
 
 def check_devices(trainer: DictConfig, gpus: int | None = None, cores: int | None = None,
-                  tasks_per_node: int | None = None, nodes: int | None = None) -> None:
+                  tasks_per_node: int | None = None, nodes: int | None = None,
+                  threads_per_rank: int | str = "auto") -> None:
     """Refuse device requests the machine cannot give, before any process starts.
 
     By default "the machine" is this one. For a job submitted elsewhere (launch.sh slurm),
@@ -235,9 +237,13 @@ def check_devices(trainer: DictConfig, gpus: int | None = None, cores: int | Non
     if accelerator == "cpu":
         cores = available_cores() if cores is None else cores
         # Ranks started by srun/torchrun each got their own cores from the allocation.
-        if tasks_per_node is None and not launched_externally() and count is not None and count > cores:
+        # More ranks than cores is refused unless asked for with one thread each (threads_per_rank=1):
+        # then it is slower but sound, e.g. 4 gloo ranks on 2 cores to test a resume at world size 4.
+        if (tasks_per_node is None and not launched_externally() and count is not None and count > cores
+                and str(threads_per_rank) != "1"):
             raise ConfigError(f"trainer.devices={count} CPU processes but {where} gives {cores} core(s)",
-                              hint=f"use trainer.devices<={cores}")
+                              hint=f"use trainer.devices<={cores}, or threads_per_rank=1 to run them anyway "
+                                   "(oversubscribed, slower)")
         if trainer.get("sync_batchnorm"):
             raise ConfigError("trainer.sync_batchnorm=true needs GPUs (torch's SyncBatchNorm is CUDA-only)",
                               hint="on CPU use model.norm=group where the model offers it, or leave it false")

@@ -1,10 +1,13 @@
 """Samplers that Lightning or torch do not offer as public API."""
 
 import itertools
+import logging
 from collections.abc import Iterable, Iterator
 from typing import Any
 
 from torch.utils.data import DistributedSampler
+
+log = logging.getLogger(__name__)
 
 
 class ResumablePosition:
@@ -18,7 +21,7 @@ class ResumablePosition:
     """
 
     yielded = 0
-    _resume_at: tuple[int, int] | None = None
+    _resume_at: tuple[int, int, int] | None = None
 
     def set_epoch(self, epoch: int) -> None:
         if epoch != self.epoch:
@@ -26,19 +29,29 @@ class ResumablePosition:
         super().set_epoch(epoch)  # type: ignore[misc]
 
     def state_dict(self) -> dict[str, int]:
-        return {"epoch": int(self.epoch), "yielded": int(self.yielded)}
+        return {"epoch": int(self.epoch), "yielded": int(self.yielded), "replicas": int(self.num_replicas)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self._resume_at = int(state["epoch"]), int(state["yielded"])
+        # the checkpoint holds rank 0's position; every rank had taken as many items
+        self._resume_at = int(state["epoch"]), int(state["yielded"]), int(state.get("replicas", self.num_replicas))
+
+    def _position_from(self, done: int, replicas: int) -> int:
+        """Where this rank resumes an epoch of which each of `replicas` ranks (another world size) had
+        taken `done` items: the epoch's beginning, unless the sampler can say exactly."""
+        if self.rank == 0:  # type: ignore[attr-defined]
+            log.warning(f"the training loader's position was saved by {replicas} ranks and is resumed on "
+                        f"{self.num_replicas}: the interrupted epoch starts again from its beginning")  # type: ignore[attr-defined]
+        return 0
 
     def _resumed(self, items: Iterable) -> Iterator:
         """Call inside a generator __iter__: its body runs at the first next(), after Lightning's
         set_epoch (Lightning creates the iterator before it sets a resumed run's epoch)."""
         start = 0
         if self._resume_at is not None:
-            epoch, done = self._resume_at
+            epoch, done, replicas = self._resume_at
             self._resume_at = None
-            start = done if epoch == self.epoch else 0
+            if epoch == self.epoch:
+                start = done if replicas == self.num_replicas else self._position_from(done, replicas)  # type: ignore[attr-defined]
         self.yielded = start
         for item in itertools.islice(items, start, None):
             self.yielded += 1
@@ -55,6 +68,12 @@ class ResumableDistributedSampler(ResumablePosition, DistributedSampler):
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed,
                          drop_last=drop_last)
         self.with_epoch = with_epoch
+
+    def _position_from(self, done: int, replicas: int) -> int:
+        # Ranks deal one permutation round-robin, so together they had taken its first done x replicas
+        # items: exact at the new world size when that many split evenly over its ranks.
+        taken = done * replicas
+        return taken // self.num_replicas if taken % self.num_replicas == 0 else super()._position_from(done, replicas)
 
     def __iter__(self):
         for index in self._resumed(DistributedSampler.__iter__(self)):

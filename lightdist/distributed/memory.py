@@ -3,8 +3,9 @@
 The point of sharding is this number: under DDP every rank holds everything; ZeRO-1 shards
 the optimizer state, ZeRO-2 also the gradients, ZeRO-3 and FSDP full-shard also the
 parameters. Strategies keep these tensors in different places (flat buffers, fp32 master
-partitions, `ds_tensor` shards); this counts what the module and the optimizer(s) hold, each
-distinct storage once (views of one flat buffer count as the buffer).
+partitions, `ds_tensor` shards, FSDP2's DTensors); this counts what the module and the
+optimizer(s) hold on this rank (a DTensor's local shard), each distinct storage once (views of one
+flat buffer count as the buffer).
 """
 
 from collections.abc import Iterable, Iterator
@@ -32,9 +33,16 @@ def _optimizer_tensors(optimizer: Any) -> Iterator[torch.Tensor]:
         optimizer = getattr(optimizer, "optimizer", None)
 
 
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """A DTensor's shard on this rank (FSDP2 parameters, gradients and optimizer state); else itself."""
+    from torch.distributed.tensor import DTensor
+
+    return t.to_local() if isinstance(t, DTensor) else t
+
+
 def _bytes(tensors: Iterable[torch.Tensor], seen: set[int]) -> int:
     total = 0
-    for t in tensors:
+    for t in map(_local, tensors):
         storage = t.untyped_storage()
         key = storage.data_ptr()
         if key == 0 or key in seen:

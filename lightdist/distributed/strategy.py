@@ -79,7 +79,7 @@ class DDPStrategy(EndSpawnedRanks, LightningDDPStrategy):
 
 
 def build_strategy(cfg: DictConfig | None, trainer: DictConfig, batch_size: int | None = None,
-                   timeout_s: float | None = None) -> Any:
+                   timeout_s: float | None = None, compile: bool | str | None = None) -> Any:
     """A Strategy object for groups with a `_target_` (ddp, fsdp, deepspeed...), else a registry name.
 
     lightdist's own factories (fsdp, deepspeed) are told the device type (to pick their CPU
@@ -87,6 +87,7 @@ def build_strategy(cfg: DictConfig | None, trainer: DictConfig, batch_size: int 
     lightdist's DDPStrategy (the same, with ranks that release their process group at exit).
     `batch_size` (the data's, per rank) is what DeepSpeed is told its micro-batch is.
     `timeout_s` (distributed.timeout_s) is every strategy's process-group timeout.
+    `compile` (the top-level key) goes to factories that compile parts of the model themselves (fsdp2).
     """
     timeout = collective_timeout(timeout_s)
     if cfg is None or "_target_" not in cfg:
@@ -95,7 +96,7 @@ def build_strategy(cfg: DictConfig | None, trainer: DictConfig, batch_size: int 
         cfg = OmegaConf.merge(cfg, {"_target_": f"{DDPStrategy.__module__}.{DDPStrategy.__qualname__}"})
     params, _, _ = signature_of(cfg._target_)
     context = {"device_type": trainer.get("accelerator", "auto"), "precision": str(trainer.get("precision")),
-               "timeout": timeout}
+               "timeout": timeout, "compile": compile or None}
     return _with_micro_batch(instantiate(cfg, **{k: v for k, v in context.items() if k in params and v is not None}), batch_size)
 
 

@@ -30,6 +30,13 @@ class Evaluator(L.LightningModule):
         self.loss = MeanMetric()
         self.results: dict[str, Any] | None = None
 
+    def networks(self) -> list[torch.nn.Module]:
+        """What strategy=fsdp2 shards: the trained task's networks."""
+        return self.task.networks() if hasattr(self.task, "networks") else [self.task]
+
+    def configure_model(self) -> None:
+        """Nothing (see Task.configure_model): Lightning's ModelParallelStrategy insists on the hook."""
+
     def test_step(self, batch: Any, batch_idx: int) -> None:
         inputs, targets = self.task.split_batch(batch)
         logits = self.task(inputs).float()
@@ -93,14 +100,17 @@ def build_eval_trainer(cfg: DictConfig, folder: Path) -> L.Trainer:
     no loggers, no checkpoints, no callbacks, and always the whole split."""
     from hydra.utils import instantiate
 
+    from lightdist.compat import precision_plugin_for
     from lightdist.distributed.cluster import cluster_plugins
     from lightdist.distributed.strategy import build_strategy
 
+    strategy = build_strategy(cfg.get("strategy"), cfg.trainer, timeout_s=(cfg.get("distributed") or {}).get("timeout_s"))
+    precision = precision_plugin_for(strategy, cfg.trainer.get("precision"))  # 64-true under fsdp2
     return instantiate(
         cfg.trainer,
-        plugins=cluster_plugins(cfg) or None,
-        strategy=build_strategy(cfg.get("strategy"), cfg.trainer,
-                                timeout_s=(cfg.get("distributed") or {}).get("timeout_s")),
+        plugins=[*cluster_plugins(cfg), *([precision] if precision else [])] or None,
+        strategy=strategy,
+        **({"precision": None} if precision else {}),
         callbacks=[],
         logger=False,
         enable_checkpointing=False,

@@ -205,6 +205,29 @@ class DQNTask(Task):
         metric.reset()
 
     # -- evaluation: greedy episodes served by the data module ----------------------------------------
+    def _gather_q_net(self, gathered: bool) -> None:
+        """Under strategy=fsdp2 every forward gathers the parameters from all ranks, but greedy
+        episodes differ in number and length between ranks: the Q-network is gathered once, on
+        every rank together, for the whole evaluation, and acts locally until released."""
+        from torch.distributed.fsdp import FSDPModule
+
+        units = [m for m in self.q_net.modules() if isinstance(m, FSDPModule)]
+        if not units:
+            return
+        keep = gathered or not getattr(self.trainer.strategy, "reshard_after_forward", True)
+        self.q_net.set_reshard_after_forward(not keep)  # recursive
+        for unit in units:
+            if gathered:
+                unit.unshard()
+            else:
+                unit.reshard()
+
+    def on_validation_epoch_start(self) -> None:
+        self._gather_q_net(True)
+
+    def on_test_epoch_start(self) -> None:
+        self._gather_q_net(True)
+
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         self.returns["val"].update(batch["return"].float())
         self.lengths["val"].update(batch["length"].float())
@@ -230,6 +253,7 @@ class DQNTask(Task):
         self.log_dict(values, sync_dist=True)
 
     def on_validation_epoch_end(self) -> None:
+        self._gather_q_net(False)
         if self.trainer.sanity_checking:
             self.returns["val"].reset()
             self.lengths["val"].reset()
@@ -237,11 +261,16 @@ class DQNTask(Task):
         self._log_episodes("val")
 
     def on_test_epoch_end(self) -> None:
+        self._gather_q_net(False)
         self._log_episodes("test")
 
     # -- optimizer and checkpoints -------------------------------------------------------------------------
     def optimized_module(self) -> nn.Module:
         return self.q_net  # the target network follows it by copies, not by gradients
+
+    def networks(self) -> list[nn.Module]:
+        # sharded alike, so that target updates pair shards of the same placements
+        return [self.q_net, self.target_net]
 
     def _episode_metrics(self) -> dict[str, MeanMetric]:
         return {"return": self.train_episode_return, "length": self.train_episode_length}

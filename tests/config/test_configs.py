@@ -96,3 +96,16 @@ def test_hparams_search_space_fits_its_experiment(search):
             value = dist.choices[edge] if isinstance(dist, CategoricalDistribution) else (dist.low, dist.high)[edge]
             point.append(d.as_override(value))
         check_targets(compose([*experiment, f"hparams_search={search}", *point]))
+
+
+def test_more_cpu_ranks_than_cores_only_with_one_thread_each():
+    from omegaconf import OmegaConf
+
+    from lightdist.config.validate import check_devices
+    from lightdist.errors import ConfigError
+
+    trainer = OmegaConf.create({"accelerator": "cpu", "devices": 4, "num_nodes": 1})
+    with pytest.raises(ConfigError, match="trainer.devices=4 CPU processes but this machine gives 2 core"):
+        check_devices(trainer, cores=2)
+    check_devices(trainer, cores=2, threads_per_rank=1)  # oversubscribed on purpose: allowed
+    check_devices(trainer, cores=4)

@@ -117,6 +117,27 @@ def test_discriminative_lr_groups_keep_weight_decay_grouping_and_follow_the_sche
     assert sum(len(g["params"]) for g in kept.param_groups) == 65
 
 
+def test_learning_rate_factors_survive_parameters_replaced_by_sharding():
+    """strategy=fsdp2 replaces every parameter object (DTensor shards) after the callbacks' setup and
+    before configure_optimizers: the factors must follow the parameters by name, not by identity."""
+    task = _classifier(ResNet(20, in_channels=1, num_classes=3, width_multiplier=0.25), 3)
+    BackboneLearningRate(0.1).setup(SimpleNamespace(), task, "fit")
+    head_weight = task.model.head.weight
+    task.scale_learning_rates({head_weight: 0.5})
+    for module in task.modules():  # what fully_shard does to each module's parameters
+        for name, p in list(module.named_parameters(recurse=False)):
+            setattr(module, name, nn.Parameter(p.detach().clone()))
+    task.trainer = SimpleNamespace(estimated_stepping_batches=10)
+    task.optimizer_factory = partial(torch.optim.SGD, lr=1.0)
+    task.scheduler_factory = None
+    optimizer = task.configure_optimizers()
+    lr_of = {id(p): group["lr"] for group in optimizer.param_groups for p in group["params"]}
+    backbone = backbone_parameters(task.model)
+    assert backbone and all(lr_of[id(p)] == pytest.approx(0.1) for p in backbone)
+    assert lr_of[id(task.model.head.weight)] == pytest.approx(0.5)  # the head is no backbone; its own factor
+    assert lr_of[id(task.model.head.bias)] == 1.0
+
+
 def test_init_from_loads_the_backbone_at_fit_and_not_on_resume(tmp_path):
     source = ResNet(20, in_channels=1, num_classes=10, width_multiplier=0.25)
     torch.save(source.state_dict(), tmp_path / "w.pt")
@@ -138,7 +159,8 @@ def test_transfer_node_builds_only_the_callbacks_asked_for():
     assert kinds == [InitFrom, BackboneLearningRate, BackboneFreeze]
     task = _classifier(ResNet(20, in_channels=1, num_classes=3, width_multiplier=0.25), 3)
     BackboneLearningRate(0.1).setup(SimpleNamespace(), task, "fit")
-    assert {id(p) for p in task.scaled_parameters} == {id(p) for p in backbone_parameters(task.model)}
+    backbone = {id(p) for p in backbone_parameters(task.model)}
+    assert task.scaled_names == {n for n, p in task.named_parameters() if id(p) in backbone}
     assert task.lr_factor == 0.1
     with pytest.raises(ConfigError, match="backbone_lr_factor must be >= 0"):
         transfer_callbacks(backbone_lr_factor=-1)
