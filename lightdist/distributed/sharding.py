@@ -32,6 +32,7 @@ from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy, FSDPStr
 from torch.nn import Module, ModuleDict, ModuleList, Sequential
 
 from lightdist.compat import WrapBeforeFSDP, init_deepspeed_distributed
+from lightdist.distributed.zero_universal import UniversalResume
 from lightdist.errors import ConfigError
 
 
@@ -54,7 +55,11 @@ class CPUFSDPStrategy(WrapBeforeFSDP, FSDPStrategy):
         return model
 
 
-class CPUDeepSpeedStrategy(DeepSpeedStrategy):
+class ZeroStrategy(UniversalResume, DeepSpeedStrategy):
+    """DeepSpeedStrategy that resumes a checkpoint saved at another world size (zero_universal.py)."""
+
+
+class CPUDeepSpeedStrategy(ZeroStrategy):
     """DeepSpeedStrategy without the CUDA-only check; DeepSpeed itself picks its CPU accelerator."""
 
     @property
@@ -181,8 +186,10 @@ def deepspeed(
 
     ZeRO-3 keeps parameters smaller than `param_persistence_threshold` elements whole on every
     rank (gathering them each step would cost more than it saves); 0 partitions all of them.
+    A checkpoint saved by another number of processes resumes through DeepSpeed's universal
+    checkpoint (zero_universal.py).
     """
-    cls = CPUDeepSpeedStrategy if device_type == "cpu" else DeepSpeedStrategy
+    cls = CPUDeepSpeedStrategy if device_type == "cpu" else ZeroStrategy
     if config:
         return cls(config=load_deepspeed_config(config), **_timeout(timeout))
     strategy = cls(
