@@ -1,21 +1,17 @@
-"""MNIST and Fashion-MNIST from their canonical IDX files, read and downloaded by torchvision.datasets.
+"""MNIST and Fashion-MNIST from their canonical IDX files (downloaded by torchvision.datasets).
 
 A folder holds the four release files, gzipped as they ship (`fashion-mnist/*.gz`) or unpacked
-as torchvision's own download leaves them (`FashionMNIST/raw/`). torchvision reads only unpacked
-files; gzipped ones are unpacked into a temporary folder for the read, never beside the release
-files, since a data root may be shared or read-only.
+as torchvision's own download leaves them (`FashionMNIST/raw/`). Both are read in memory, a split's
+two files only, and nothing is written beside the release files (a data root may be shared or
+read-only).
 """
 
 import gzip
 import struct
-import tempfile
 from pathlib import Path
 
 import numpy as np
-import torch
 from torchvision import datasets
-from torchvision.datasets.mnist import read_sn3_pascalvincent_tensor
-from torchvision.datasets.utils import extract_archive
 
 from lightdist.errors import DataError
 
@@ -64,48 +60,50 @@ def present(folder: Path) -> bool:
     return all((folder / n).is_file() or (folder / n.removesuffix(".gz")).is_file() for n in IDX_FILES)
 
 
-def _unpacked(folder: Path, tmp: Path) -> Path:
-    """A folder with the four files unpacked: folder itself, or tmp holding the gzipped ones unpacked."""
-    if all((folder / n.removesuffix(".gz")).is_file() for n in IDX_FILES):
-        return folder
-    for name in IDX_FILES:
-        try:
-            extract_archive(folder / name, tmp)
-        except (OSError, EOFError) as exc:
-            raise DataError(f"{folder / name} is not a readable gzip file ({exc})",
-                            hint="delete it and download again") from exc
-    return tmp
+def _file(folder: Path, name: str) -> Path:
+    """The release file `name` (gzipped) in folder, or its unpacked twin."""
+    return folder / name if (folder / name).is_file() else folder / name.removesuffix(".gz")
 
 
 def read_split(folder: Path, prefix: str, kind: type = MNISTFiles) -> tuple[np.ndarray, np.ndarray]:
-    """(images N x 1 x 28 x 28 uint8, labels N int64) for prefix 'train' or 't10k'."""
-    with tempfile.TemporaryDirectory(prefix="lightdist-idx-") as tmp:
-        raw = _unpacked(folder, Path(tmp))
-        try:
-            data = kind(raw, train=prefix == "train")
-        except (AssertionError, RuntimeError, ValueError, TypeError, OSError) as exc:
-            # torchvision asserts on a size that does not match the header and fails reshaping labels
-            raise DataError(f"{folder}: the {prefix} files are truncated or not MNIST-format IDX files "
-                            f"({exc or 'size does not match the header'})",
-                            hint="delete the folder and download again") from exc
-    images, labels = data.data.numpy(), data.targets.numpy()
-    if images.ndim != 3 or len(images) != len(labels):
+    """(images N x 1 x 28 x 28 uint8, labels N int64) for prefix 'train' or 't10k'.
+
+    Reads only the split's two files (`kind` names the dataset; the format is the same for both).
+    """
+    images = read_idx(_file(folder, f"{prefix}-images-idx3-ubyte.gz"))
+    labels = read_idx(_file(folder, f"{prefix}-labels-idx1-ubyte.gz"))
+    if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
         raise DataError(f"{folder}: {prefix} images {images.shape} and labels {labels.shape} do not match",
                         hint="delete the folder and download again")
     return images[:, None, :, :], labels.astype(np.int64)
 
 
+# IDX element types (the third byte of the magic number) as big-endian numpy dtypes.
+_IDX_TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
 def read_idx(path: Path) -> np.ndarray:
-    """One IDX file (gzipped or not) as an array, through torchvision's reader."""
+    """One IDX file (gzipped or not) as an array.
+
+    Parsed in memory: torchvision's reader (read_sn3_pascalvincent_tensor) takes only a path, so a
+    gzipped file would be unpacked to disk and read back, twice the I/O of the 47 MB training images.
+    """
     path = Path(path)
-    with tempfile.TemporaryDirectory(prefix="lightdist-idx-") as tmp:
-        try:
-            unpacked = extract_archive(path, tmp) if path.suffix == ".gz" else path
-            tensor: torch.Tensor = read_sn3_pascalvincent_tensor(str(unpacked), strict=True)
-        except (AssertionError, RuntimeError, KeyError, OSError, EOFError) as exc:
-            raise DataError(f"{path} is truncated or not an IDX file ({exc or 'size does not match the header'})",
-                            hint="delete it and download again") from exc
-    return tensor.numpy()
+    try:
+        raw = gzip.open(path).read() if path.suffix == ".gz" else path.read_bytes()
+        if len(raw) < 4 or raw[:2] != b"\0\0" or raw[2] not in _IDX_TYPES:
+            raise ValueError("no IDX header")
+        ndim = raw[3]
+        shape = struct.unpack(f">{ndim}I", raw[4:4 + 4 * ndim])
+        dtype = np.dtype(_IDX_TYPES[raw[2]])
+        count = int(np.prod(shape))
+        data = np.frombuffer(raw, dtype=dtype, count=count, offset=4 + 4 * ndim)
+        if len(raw) != 4 + 4 * ndim + count * dtype.itemsize:
+            raise ValueError("size does not match the header")
+    except (OSError, EOFError, ValueError, struct.error) as exc:
+        raise DataError(f"{path} is truncated or not an IDX file ({exc})",
+                        hint="delete it and download again") from exc
+    return data.astype(dtype.newbyteorder("="), copy=False).reshape(shape)
 
 
 def download(folder: Path, kind: type) -> None:

@@ -63,7 +63,7 @@ def test_idx_reader_and_truncation(tmp_path):
     # a truncated file is named in the error
     raw = gzip.decompress((folder / "t10k-images-idx3-ubyte.gz").read_bytes())
     (folder / "t10k-images-idx3-ubyte.gz").write_bytes(gzip.compress(raw[:-100]))
-    with pytest.raises(DataError, match="t10k files are truncated"):
+    with pytest.raises(DataError, match="t10k-images-idx3-ubyte.gz is truncated or not an IDX file"):
         VisionDataModule("mnist", root=str(tmp_path), download=False).setup("fit")
 
 
