@@ -171,9 +171,17 @@ def before_rank_observer_kills(report: Any) -> None:
     its ranks, which it does (SIGKILL) as soon as it sees a rank gone: a message this process prints
     from its own watch could otherwise come too late. Replaces the report of an earlier call.
 
-    Relies on: lightning.fabric.strategies.launchers.subprocess_script._ChildProcessObserver and
-    its _terminate_all method (private; no hook exists).
+    When this process is the one to kill, it ends with exit code 1 (a failed job) instead of being
+    SIGKILLed (-9, which tells a scheduler or a shell nothing of a failure): its ranks are
+    signalled as Lightning does, then it exits.
+
+    Relies on: lightning.fabric.strategies.launchers.subprocess_script._ChildProcessObserver, its
+    _terminate_all method and its _main_pid, _child_processes and _termination_signal attributes
+    (private; no hook exists).
     """
+    import os
+    import sys
+
     from lightning.fabric.strategies.launchers import subprocess_script
 
     observer = subprocess_script._ChildProcessObserver
@@ -183,6 +191,12 @@ def before_rank_observer_kills(report: Any) -> None:
         try:
             report()
         finally:
+            if self._main_pid == os.getpid():
+                for child in self._child_processes:
+                    child.send_signal(self._termination_signal)
+                for stream in (sys.stdout, sys.stderr):
+                    stream.flush()
+                os._exit(1)
             original(self)
 
     observer._lightdist_original = original

@@ -435,3 +435,25 @@ def test_lightning_rank_observer_reports_before_it_kills():
     finally:
         stand_in.kill()
     assert calls == ["second"]
+
+
+def test_lightning_rank_observer_ends_its_own_process_with_exit_code_1(tmp_path):
+    """In the main process itself: the ranks are killed and the process exits 1, not -9."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "observer.py"
+    script.write_text(
+        "import os, subprocess\n"
+        "from lightning.fabric.strategies.launchers.subprocess_script import _ChildProcessObserver\n"
+        "from lightdist.compat import before_rank_observer_kills\n"
+        "before_rank_observer_kills(lambda: print('reported', flush=True))\n"
+        "rank = subprocess.Popen(['sleep', '60'])\n"
+        "print(rank.pid, flush=True)\n"
+        "_ChildProcessObserver(main_pid=os.getpid(), child_processes=[rank])._terminate_all()\n"
+        "print('not reached', flush=True)\n")
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    pid, reported = proc.stdout.split()[:2]
+    assert proc.returncode == 1 and reported == "reported" and "not reached" not in proc.stdout, proc.stderr
+    waited = subprocess.run(["ps", "-o", "stat=", "-p", pid], capture_output=True, text=True).stdout.strip()
+    assert waited in ("", "Z"), waited  # the rank was killed (gone, or a zombie of the exited parent)
