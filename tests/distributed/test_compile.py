@@ -14,7 +14,6 @@ compiled graph that computed something else (a lost normalisation, a gradient no
 across ranks, parameters not gathered) moves the loss by 1e-3 or more.
 """
 
-import csv
 import re
 from functools import partial
 from pathlib import Path
@@ -28,6 +27,7 @@ from lightdist.callbacks.model_options import ModelOptions, model_options
 from lightdist.checkpoints import load_consolidated
 from lightdist.errors import ConfigError
 from lightdist.tasks.classification import ClassificationTask
+from tests.distributed.test_strategies import train_losses
 from tests.helpers.cli import QUIET, cli_env, read_summary, run_cli, run_dirs
 
 RTOL = 1e-11  # see the module docstring
@@ -45,12 +45,6 @@ MODES = {
     "ddp": ["trainer=cpu_ddp", "strategy=ddp", "strategy.bucket_cap_mb=1", *SHORT],
     "fsdp2": ["trainer=cpu_ddp", "strategy=fsdp2", *SHORT],
 }
-
-
-def train_losses(run_dir: Path) -> list[float]:
-    with open(run_dir / "metrics.csv") as f:
-        rows = [r for r in csv.DictReader(f) if r.get("train/loss")]
-    return [float(r["train/loss"]) for r in sorted(rows, key=lambda r: int(r["step"]))]
 
 
 def generated_graphs(cache: Path) -> int:

@@ -12,7 +12,6 @@ DistributedSampler deals one permutation round-robin), averaged in another order
 same bound covers.
 """
 
-import csv
 import json
 import subprocess
 import sys
@@ -23,6 +22,7 @@ import pytest
 import torch
 
 from lightdist.checkpoints import load_consolidated
+from tests.distributed.test_strategies import train_losses
 from tests.helpers.cli import QUIET, cli_env, read_summary, run_cli
 
 SMALL = ["trainer.log_every_n_steps=1", "trainer.num_sanity_val_steps=0", "logger=csv", *QUIET]
@@ -44,12 +44,6 @@ RL = ["+experiment=rl_dqn_cartpole", "trainer=cpu_ddp", "trainer.devices=2", "da
       "data.test_episodes=3", *FP64]
 RTOL, ATOL = 1e-9, 1e-12
 TORCHRUN_4 = ["--standalone", "--nproc-per-node=4", "-m", "lightdist"]
-
-
-def train_losses(run_dir: Path) -> list[float]:
-    with open(run_dir / "metrics.csv") as f:
-        rows = [r for r in csv.DictReader(f) if r.get("train/loss")]
-    return [float(r["train/loss"]) for r in sorted(rows, key=lambda r: int(r["step"]))]
 
 
 def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
