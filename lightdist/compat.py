@@ -95,6 +95,40 @@ def is_script_launcher(launcher: Any) -> bool:
     return isinstance(launcher, _SubprocessScriptLauncher)
 
 
+class _SubprocessWithPopen:
+    """The subprocess module, with its Popen replaced."""
+
+    def __init__(self, module: Any, popen: Callable[..., Any]):
+        self._module, self.Popen = module, popen
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._module, name)
+
+
+def start_children_with(launcher: Any, popen: Callable[..., Any]) -> None:
+    """Make a script launcher (is_script_launcher) start each rank > 0 with `popen(command, env=...,
+    cwd=...)` in place of subprocess.Popen; what it returns is kept in `launcher.procs`.
+
+    Relies on: _SubprocessScriptLauncher._call_children_scripts calling `subprocess.Popen(command,
+    env=env_copy, cwd=cwd)` through its module's `subprocess` name, once per local rank, with the
+    child's whole environment in env_copy (LOCAL_RANK set). Lightning has no hook for how the ranks
+    are started; the replacement is in place only during that call.
+    """
+    from lightning.pytorch.strategies.launchers import subprocess_script as module
+
+    call = launcher._call_children_scripts
+
+    def call_children_scripts() -> None:
+        real = module.subprocess
+        module.subprocess = _SubprocessWithPopen(real, popen)
+        try:
+            call()
+        finally:
+            module.subprocess = real
+
+    launcher._call_children_scripts = call_children_scripts
+
+
 def _ending_spawn_launcher_class() -> type:
     from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher
 
@@ -407,3 +441,23 @@ def inductor_freezing() -> Iterator[None]:
 
     with inductor_config.patch(freezing=True):
         yield
+
+
+def skip_sigterm_broadcast(trainer: Any) -> Callable[[], None]:
+    """Stop Lightning's per-step SIGTERM broadcast for this fit; returns what turns it back on.
+
+    Relies on: _TrainingEpochLoop.advance calls self._broadcast_sigterm_tensor() before every
+    batch of a multi-process run; it broadcasts rank 0's trainer.received_sigterm in a tensor on
+    the training device and reads it back (.item(): on GPUs the host waits for the device at
+    every step). The preemption handler that owns SIGTERM agrees on signals itself, over a CPU
+    group, so Lightning's flag is never set and the broadcast only costs that wait.
+    """
+    loop = trainer.fit_loop.epoch_loop
+    if not callable(getattr(type(loop), "_broadcast_sigterm_tensor", None)):
+        return lambda: None
+    loop._broadcast_sigterm_tensor = lambda: None  # an instance attribute shadows the method
+
+    def restore() -> None:
+        loop.__dict__.pop("_broadcast_sigterm_tensor", None)
+
+    return restore

@@ -5,6 +5,7 @@ a look before that version is used."""
 import importlib.metadata
 import inspect
 import io
+import os
 import pickle
 import subprocess
 import sys
@@ -95,6 +96,35 @@ def test_lightning_script_launcher_is_recognised():
     assert compat.is_script_launcher(popen.launcher), why
     assert list(popen.launcher.procs) == [], why  # the watch reads the ranks' Popen objects from it
     assert not compat.is_script_launcher(spawn.launcher), why
+
+
+def test_lightning_script_launcher_starts_its_ranks_with_a_given_popen():
+    from lightning.pytorch.strategies.launchers import subprocess_script
+
+    why = f"{uses('lightning')}: _SubprocessScriptLauncher._call_children_scripts no longer starts ranks with " \
+          "subprocess.Popen(command, env=env_copy, cwd=cwd)"
+    strategy = _ddp("popen")
+    strategy._configure_launcher()
+    launcher = strategy.launcher
+    # Checked in the source first: a launcher that started real processes here would re-run pytest.
+    assert "subprocess.Popen(command, env=env_copy, cwd=cwd)" in inspect.getsource(type(launcher)._call_children_scripts), why
+    calls, started = [], object()
+
+    def popen(command, env=None, cwd=None):
+        calls.append((list(command), dict(env), cwd))
+        return started
+
+    compat.start_children_with(launcher, popen)
+    saved = dict(os.environ)
+    try:
+        launcher._call_children_scripts()
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    assert launcher.procs == [started], why
+    assert len(calls) == 1 and calls[0][1]["LOCAL_RANK"] == "1" and calls[0][1]["WORLD_SIZE"] == "2", why
+    assert "MASTER_PORT" in calls[0][1], why  # the child's whole environment
+    assert subprocess_script.subprocess is subprocess, why  # replaced only during the call
 
 
 def end_rank() -> None:
@@ -457,3 +487,21 @@ def test_lightning_rank_observer_ends_its_own_process_with_exit_code_1(tmp_path)
     assert proc.returncode == 1 and reported == "reported" and "not reached" not in proc.stdout, proc.stderr
     waited = subprocess.run(["ps", "-o", "stat=", "-p", pid], capture_output=True, text=True).stdout.strip()
     assert waited in ("", "Z"), waited  # the rank was killed (gone, or a zombie of the exited parent)
+
+
+def test_lightning_sigterm_broadcast_is_a_per_step_loop_method():
+    import inspect
+
+    import lightning as L
+    from lightning.pytorch.loops.training_epoch_loop import _TrainingEpochLoop
+
+    from lightdist.compat import skip_sigterm_broadcast
+
+    assert "self._broadcast_sigterm_tensor()" in inspect.getsource(_TrainingEpochLoop.advance)
+    assert ".item()" in inspect.getsource(_TrainingEpochLoop._broadcast_sigterm_tensor)
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    loop = trainer.fit_loop.epoch_loop
+    restore = skip_sigterm_broadcast(trainer)
+    assert loop._broadcast_sigterm_tensor() is None and "_broadcast_sigterm_tensor" in vars(loop)
+    restore()
+    assert "_broadcast_sigterm_tensor" not in vars(loop)

@@ -6,7 +6,7 @@ its docstring explains why the handler only raises a flag and the ranks agree on
 
 import logging
 import signal
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ import torch.distributed as dist
 from lightdist.compat import (
     replace_train_loader_states,
     settle_batch_totals,
+    skip_sigterm_broadcast,
     train_loader_states,
     undo_logging_step_advance,
 )
@@ -32,6 +33,10 @@ from lightdist.distributed.preemption import (
 log = logging.getLogger(__name__)
 
 
+def _nothing() -> None:
+    pass
+
+
 class PreemptionHandler(L.Callback):
     def __init__(self, signals: str | Sequence[str] = ("SIGUSR1", "SIGTERM"), check_every_n_steps: int = 1):
         names = [signals] if isinstance(signals, str) else list(signals)
@@ -45,6 +50,7 @@ class PreemptionHandler(L.Callback):
         self._advanced_on_restart = True
         # the training loaders' states where the next check may save (see on_train_batch_end)
         self._loader_states: list[dict[str, Any]] = []
+        self._restore_broadcast: Callable[[], None] = _nothing
 
     @classmethod
     def from_config(cls, node: Any) -> "PreemptionHandler":
@@ -62,6 +68,8 @@ class PreemptionHandler(L.Callback):
         if trainer.world_size > 1 and dist.is_available() and dist.is_initialized():
             # A CPU (gloo) group for this one flag, whatever the training backend.
             self._group = None if dist.get_backend() == "gloo" else dist.new_group(backend="gloo")
+            if signal.SIGTERM in self.signums:  # Lightning's SIGTERM flag is never set while this handler owns it
+                self._restore_broadcast = skip_sigterm_broadcast(trainer)
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
         if not self._saving:
@@ -82,6 +90,8 @@ class PreemptionHandler(L.Callback):
         for signum, previous in self._previous.items():
             signal.signal(signum, previous)
         self._previous = {}
+        self._restore_broadcast()
+        self._restore_broadcast = _nothing
 
     def _anyone_signalled(self, trainer: L.Trainer) -> bool:
         if trainer.world_size == 1 or not dist.is_initialized():

@@ -7,6 +7,11 @@ nothing readable or thousands of fragments. This bar prints a whole line now and
 
 build_callbacks keeps it instead of the live bar when stdout is not a terminal. As a
 ProgressBar it is what Lightning disables on ranks > 0 and with enable_progress_bar=false.
+
+Printing a value of a device tensor makes the host wait for the GPU: the metrics are read at the
+logging steps (trainer.log_every_n_steps, where Lightning reads them anyway) and for lines due
+by step count; a line due by time at another step repeats the values read last. RichProgress
+(the live bar) likewise shows train/loss as of the last logging step.
 """
 
 import math
@@ -16,7 +21,8 @@ from datetime import timedelta
 from typing import Any
 
 import lightning as L
-from lightning.pytorch.callbacks import ProgressBar
+import torch
+from lightning.pytorch.callbacks import ProgressBar, RichProgressBar
 
 from lightdist.callbacks import batch_size
 
@@ -32,6 +38,7 @@ class LogProgress(ProgressBar):
         self._start_step = self._last_step = 0
         self._samples = 0
         self._total: float = math.inf
+        self._metrics: dict[str, Any] | None = None  # as last read
 
     @property
     def is_enabled(self) -> bool:
@@ -55,9 +62,11 @@ class LogProgress(ProgressBar):
             return
         self._samples += batch_size(batch)
         now, step = time.monotonic(), trainer.global_step
-        if ((self.every_n_steps and step - self._last_step >= self.every_n_steps)
-                or (self.every_n_seconds and now - self._last_at >= self.every_n_seconds)):
-            self._emit(self._train_line(trainer, pl_module, now))
+        by_steps = bool(self.every_n_steps) and step - self._last_step >= self.every_n_steps
+        if by_steps or (self.every_n_seconds and now - self._last_at >= self.every_n_seconds):
+            if by_steps or logging_step(trainer):
+                self._metrics = train_metrics(self, trainer, pl_module)
+            self._emit(self._train_line(trainer, now))
             self._last_at, self._last_step, self._samples = now, step, 0
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -66,18 +75,14 @@ class LogProgress(ProgressBar):
         values = {k: v for k, v in trainer.callback_metrics.items() if k.startswith("val")}
         self._emit(f"validation  epoch {trainer.current_epoch + 1}  {_format(values)}".rstrip())
 
-    def _train_line(self, trainer: L.Trainer, pl_module: L.LightningModule, now: float) -> str:
+    def _train_line(self, trainer: L.Trainer, now: float) -> str:
         step, total = trainer.global_step, self._total
         parts = [f"step {step}/{total}" if math.isfinite(total) else f"step {step}"]
         epochs = trainer.max_epochs
         parts.append(f"epoch {trainer.current_epoch + 1}/{epochs}" if epochs and epochs > 0
                      else f"epoch {trainer.current_epoch + 1}")
-        metrics = {k: v for k, v in self.get_metrics(trainer, pl_module).items() if k != "v_num"}
-        loss = trainer.callback_metrics.get("train/loss")
-        if "train/loss" not in metrics and loss is not None:  # logged, but not for the bar (RL tasks)
-            metrics = {"train/loss": loss, **metrics}
-        if metrics:
-            parts.append(_format(metrics))
+        if self._metrics:
+            parts.append(_format(self._metrics))
         if now > self._last_at:  # this rank's samples; the ranks share the work evenly
             parts.append(f"{self._samples * trainer.world_size / (now - self._last_at):.0f} samples/s")
         steps_done = step - self._start_step
@@ -88,6 +93,41 @@ class LogProgress(ProgressBar):
 
     def _emit(self, line: str) -> None:
         print(line, file=sys.stdout, flush=True)
+
+
+class RichProgress(RichProgressBar):
+    """Lightning's RichProgressBar, with train/loss (logged, but not as a progress-bar metric,
+    which Lightning would read after every step) read at the logging steps only."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._metrics: dict[str, Any] = {}
+
+    def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
+        if trainer.training and not logging_step(trainer):
+            return self._metrics  # as of the last logging step
+        self._metrics = train_metrics(super(), trainer, pl_module, keep_v_num=True)
+        return self._metrics
+
+
+def logging_step(trainer: L.Trainer) -> bool:
+    """Whether the step that just ended is one whose metrics Lightning logs (and so reads)."""
+    every = trainer.log_every_n_steps
+    return not every or trainer.global_step % every == 0
+
+
+def train_metrics(bar: Any, trainer: L.Trainer, pl_module: L.LightningModule,
+                  keep_v_num: bool = False) -> dict[str, Any]:
+    """The bar's metrics with train/loss first, read now as Python numbers."""
+    metrics = {k: v for k, v in bar.get_metrics(trainer, pl_module).items() if keep_v_num or k != "v_num"}
+    loss = trainer.callback_metrics.get("train/loss")
+    if "train/loss" not in metrics and loss is not None:  # logged, not as a progress-bar metric
+        metrics = {"train/loss": loss, **metrics}
+    return {k: _number(v) for k, v in metrics.items()}
+
+
+def _number(value: Any) -> Any:
+    return value.item() if isinstance(value, torch.Tensor) and value.numel() == 1 else value
 
 
 def _format(values: dict[str, Any]) -> str:

@@ -1,10 +1,13 @@
 """Wall-clock facts for the summary: when the first optimizer step finished (start-up cost:
 imports, process launch, data, DDP set-up) and the steady step rate after it.
 
-Costs one time.time() per step and never synchronises the GPU; the rate counts from the
-end of the second step to the end of the last, so start-up, allocation and compilation are
-excluded: a compiled model (top-level `compile`) compiles in the second step, because the
-first forward is counted for FLOPs, under a dispatch mode that torch.compile runs eagerly.
+Costs one time.time() per step and never synchronises the GPU: there a step ends when the host
+has queued it, ahead of the GPU by at most what the launch queue holds (and caught up at every
+logging step, where values are read), so the rate over many steps is the GPU's. The rate counts
+from the end of the second step to the end of the last, so start-up, allocation and compilation
+are excluded: a compiled model (top-level `compile`) compiles in the first step, or in the
+second when the throughput monitor counts the first forward's FLOPs (callbacks.throughput.flops),
+under a dispatch mode that torch.compile runs eagerly.
 """
 
 import time

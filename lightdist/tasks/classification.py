@@ -44,7 +44,9 @@ class ClassificationTask(Task):
         self.val_metrics = classification_metrics(num_classes, "val/")
         self.test_metrics = classification_metrics(num_classes, "test/")
         self.test_confusion = MulticlassConfusionMatrix(num_classes)
-        # Read by Lightning's ThroughputMonitor (FLOP/s and MFU); measured on the first batch.
+        # Read by the throughput monitor (FLOP/s and MFU); measured on the first training batch when
+        # it asks (callbacks.throughput.flops=true sets count_flops): counting costs ~0.3 s once.
+        self.count_flops = False
         self.flops_per_batch: int | None = None
 
     # -- how a batch becomes logits: subclasses adapt these -------------------------------
@@ -65,7 +67,7 @@ class ClassificationTask(Task):
     # -- shared plumbing --------------------------------------------------------------------
     def _step(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         inputs, targets = self.split_batch(batch)
-        if self.flops_per_batch is None and self.training:
+        if self.count_flops and self.flops_per_batch is None and self.training:
             logits = self._counting_flops(inputs)
         else:
             logits = self(inputs)
@@ -87,7 +89,10 @@ class ClassificationTask(Task):
     # Per step, metrics are only updated; they are computed (and synced across ranks) once per
     # epoch. Handing Lightning a torchmetrics object in every step's self.log moves the whole
     # metric to the device again on each call: measured at 1.4 ms per call, more than a small
-    # model's step. The per-step training accuracy is a plain tensor for the same reason.
+    # model's step. The per-step training accuracy is a plain tensor for the same reason, computed
+    # only where Lightning logs it. Neither is a progress-bar metric: Lightning converts those to
+    # Python numbers after every step (.item(): the host waits for the GPU); the progress displays
+    # read train/loss themselves, at the logging steps.
     # Targets are class indices (N) or class probabilities (N x C: MixUp/CutMix soft targets, which
     # CrossEntropyLoss takes as they are, label smoothing included); accuracy and metrics count the
     # most likely class of a soft target.
@@ -95,10 +100,19 @@ class ClassificationTask(Task):
         logits, targets, loss = self._step(batch)
         n = len(targets)
         loss = self.training_loss(batch, logits, loss)  # terms added by callbacks (distillation)
-        accuracy = (logits.detach().argmax(dim=-1) == class_indices(targets)).float().mean()
-        self.log("train/loss", loss, prog_bar=True, batch_size=n)
-        self.log("train/acc", accuracy, on_step=True, on_epoch=False, batch_size=n)
+        self.log("train/loss", loss, batch_size=n)
+        if self._logs_this_step():
+            accuracy = (logits.detach().argmax(dim=-1) == class_indices(targets)).float().mean()
+            self.log("train/acc", accuracy, on_step=True, on_epoch=False, batch_size=n)
         return loss
+
+    def _logs_this_step(self) -> bool:
+        """Whether Lightning logs this training step's values (every trainer.log_every_n_steps)."""
+        try:
+            every = self.trainer.log_every_n_steps
+        except (RuntimeError, AttributeError):  # not attached to a trainer (a step called directly), or Fabric
+            return True
+        return bool(every) and (self.global_step + 1) % every == 0
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         logits, targets, loss = self._step(batch)

@@ -123,20 +123,52 @@ def test_gradient_norm_is_checked_before_the_loss_shows_it(tmp_path):
 def test_the_verdict_of_another_rank_stops_this_one(tmp_path, monkeypatch):
     """The ranks agree through the strategy: a finite rank stops when any rank says so."""
     guard = DivergenceGuard()
-    decisions = []
+    reduced = []
 
-    def any_rank(decision, all=True):
-        decisions.append((bool(decision), all))
-        return True  # as if another rank had seen a NaN
+    def any_rank(tensor, group=None, reduce_op="mean"):
+        if reduce_op != "max":  # Lightning's own (the loader lengths)
+            return tensor
+        reduced.append(tensor.tolist())
+        return torch.ones_like(tensor)  # as if another rank had seen a NaN at every step
 
     trainer = L.Trainer(max_epochs=1, limit_train_batches=BATCHES, limit_val_batches=0, callbacks=[guard],
                         logger=False, enable_progress_bar=False, enable_model_summary=False,
                         enable_checkpointing=False, accelerator="cpu", devices=1)
-    monkeypatch.setattr(trainer.strategy, "reduce_boolean_decision", any_rank)
+    monkeypatch.setattr(trainer.strategy, "reduce", any_rank)
     with pytest.raises(Diverged) as caught:
         trainer.fit(Breaking(bad_steps=[]))
     assert caught.value.step == 1 and "another rank" in caught.value.metric
-    assert decisions == [(False, False)]  # this rank's own verdict, combined with `any`
+    # read once, at the epoch's end: this rank's own verdict for each step, combined with max
+    assert reduced == [[0.0] * BATCHES]
+
+
+def test_values_are_read_every_n_steps_and_name_the_first_bad_step(tmp_path):
+    reads = []
+    guard = DivergenceGuard(check_every_n_steps=3)
+    read = guard._read
+    guard._read = lambda trainer: (reads.append(trainer.global_step), read(trainer))
+    trainer = L.Trainer(max_epochs=2, limit_train_batches=BATCHES, limit_val_batches=0, callbacks=[guard],
+                        logger=False, enable_progress_bar=False, enable_model_summary=False,
+                        enable_checkpointing=False, accelerator="cpu", devices=1)
+    with pytest.raises(Diverged) as caught:
+        trainer.fit(Breaking(bad_steps=[4], how="loss"))  # the 5th step's loss only
+    assert caught.value.step == 5 and trainer.global_step == 6  # noticed at the read of step 6
+    assert reads == [3, 4, 6]  # every 3 steps, and at the end of epoch 1 (a checkpoint may follow)
+
+
+def test_a_save_between_reads_reads_first(tmp_path):
+    """A checkpoint saved between two reads (every N steps, preemption) is never written from
+    pending non-finite steps: the guard reads while it is built."""
+    every_2 = ModelCheckpoint(dirpath=tmp_path, filename="{step}", monitor=None, save_top_k=-1,
+                              every_n_train_steps=2, enable_version_counter=False)
+    trainer = L.Trainer(max_epochs=1, limit_train_batches=BATCHES, limit_val_batches=0, logger=False,
+                        callbacks=[DivergenceGuard(check_every_n_steps=100), every_2], enable_progress_bar=False,
+                        enable_model_summary=False, accelerator="cpu", devices=1)
+    with pytest.raises(Diverged) as caught:
+        trainer.fit(Breaking(bad_steps=[2]))  # the 3rd step breaks the weights
+    assert caught.value.step == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step=2.ckpt"]
+    assert all_finite(tmp_path / "step=2.ckpt")
 
 
 def test_patience_must_be_positive():

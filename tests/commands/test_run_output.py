@@ -10,11 +10,11 @@ import sys
 import lightning as L
 import numpy as np
 import pytest
-from lightning.pytorch.callbacks import ProgressBar, RichProgressBar
+from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.demos.boring_classes import BoringModel
 
 from lightdist import run_dir as rd
-from lightdist.callbacks.progress import LogProgress
+from lightdist.callbacks.progress import LogProgress, RichProgress
 from lightdist.config import resolvers
 from lightdist.config.compose import compose
 from lightdist.train import build_callbacks
@@ -60,7 +60,7 @@ def test_progress_lines_every_n_seconds_and_disabled(capsys):
 
 
 @pytest.mark.parametrize(("tty", "progress_bar", "expected"), [
-    (False, True, [LogProgress]), (True, True, [RichProgressBar]), (False, False, []), (True, False, [])])
+    (False, True, [LogProgress]), (True, True, [RichProgress]), (False, False, []), (True, False, [])])
 def test_the_bar_fits_the_output(monkeypatch, tmp_path, tty, progress_bar, expected):
     cfg = compose([f"trainer.enable_progress_bar={str(progress_bar).lower()}"])
     cfg.paths.output_dir = str(tmp_path)
