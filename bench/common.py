@@ -41,11 +41,14 @@ def write_result(name: str, result: dict) -> Path:
     return path
 
 
-def step_times(overrides: list[str], steps: int, sync_cuda: bool = False) -> list[float]:
+def step_times(overrides: list[str], steps: int, sync_cuda: bool = False, callbacks: tuple = (),
+               clock=time.perf_counter) -> list[float]:
     """The end time of every training step of an in-process lightdist run of `steps` steps.
 
-    The run is lightdist's own (train.run with the composed config); a callback is added to the
-    ones it builds, so what is timed is exactly what a user's run does."""
+    The run is lightdist's own (train.run with the composed config); a callback (and `callbacks`,
+    which observe the run: parity, profile) is added to the ones it builds, so what is timed is
+    exactly what a user's run does. `clock`: time.process_time counts this process's CPU time only,
+    what a step costs on a machine whose other jobs take the cores."""
     import tempfile
 
     import lightning as L
@@ -59,12 +62,12 @@ def step_times(overrides: list[str], steps: int, sync_cuda: bool = False) -> lis
         def on_train_batch_end(self, *args) -> None:
             if sync_cuda:
                 torch.cuda.synchronize()
-            times.append(time.perf_counter())
+            times.append(clock())
 
     with tempfile.TemporaryDirectory() as tmp:
         cfg = compose_resolved([*overrides, f"trainer.max_steps={steps}"], Path(tmp))
         original = train.build_callbacks
-        train.build_callbacks = lambda c, has_logger: [*original(c, has_logger), StepTimes()]
+        train.build_callbacks = lambda c, has_logger: [*original(c, has_logger), StepTimes(), *callbacks]
         try:
             train.run(cfg, Path(tmp))
         finally:

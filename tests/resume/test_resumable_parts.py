@@ -76,6 +76,28 @@ def test_seeded_samples_depend_on_seed_epoch_and_index_only():
     before = torch.get_rng_state()
     noisy[(1, 0)]
     assert torch.equal(torch.get_rng_state(), before)  # the global generator untouched
+    batch = noisy.__getitems__([(1, i) for i in range(5)])  # what the DataLoader calls: the same samples
+    assert all(torch.equal(x, y) for x, y in zip(a, batch))
+    assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_only_datasets_that_may_draw_are_seeded():
+    from torch.utils.data import ConcatDataset, Subset, TensorDataset
+
+    from lightdist.data.resumable import draws_random
+
+    plain = TensorDataset(torch.arange(6))
+    transformed = type("Transformed", (TensorDataset,), {"__getitem__": lambda self, i: torch.rand(1)})(torch.arange(6))
+    declared = type("Declared", (TensorDataset,), {"draws_random": False, "__getitem__": lambda self, i: i})(torch.arange(6))
+    assert not draws_random(plain) and not draws_random(Subset(ConcatDataset([plain, plain]), [0, 7]))
+    assert not draws_random(declared)
+    assert draws_random(transformed) and draws_random(ConcatDataset([plain, transformed]))
+    assert draws_random(Subset(transformed, [1]))
+    def loaded(dataset):
+        return training_loader(dataset, batch_size=2, world_size=1, rank=0, shuffle=True, seed=0,
+                               drop_last=False).dataset
+
+    assert loaded(plain) is plain and isinstance(loaded(transformed), SeededSamples)
 
 
 def test_generator_states_round_trip_through_a_weights_only_checkpoint():
