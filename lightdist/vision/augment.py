@@ -78,3 +78,39 @@ class _PaddedRandomCrop(nn.Module):
         batch = torch.arange(n, device=x.device)[:, None, None, None]
         channel = torch.arange(c, device=x.device)[None, :, None, None]
         return padded[batch, channel, rows, cols]
+
+
+class ResizedCropFlip(nn.Module):
+    """RandomResizedCrop (torchvision's area and aspect-ratio ranges) and a random horizontal flip of
+    whole batches on the device, for images decoded once to a fixed size (data.on_device=true).
+
+    All crops are resized in one torchvision.ops.roi_align call (bilinear, averaged over each output
+    pixel's footprint); where torchvision retries a crop that does not fit, the crop is clamped to the image.
+    """
+
+    def __init__(self, size: int, scale: tuple[float, float] = (0.08, 1.0), horizontal_flip: bool = True,
+                 ratio: tuple[float, float] = (3 / 4, 4 / 3)):
+        super().__init__()
+        self.size = size
+        self.scale = tuple(float(s) for s in scale)
+        self.log_ratio = (float(torch.tensor(ratio[0]).log()), float(torch.tensor(ratio[1]).log()))
+        self.horizontal_flip = horizontal_flip
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from torchvision.ops import roi_align
+
+        n, _, h, w = x.shape
+        u = torch.rand(n, 4, device=x.device, dtype=torch.float32)
+        area = h * w * (self.scale[0] + (self.scale[1] - self.scale[0]) * u[:, 0])
+        ratio = torch.exp(self.log_ratio[0] + (self.log_ratio[1] - self.log_ratio[0]) * u[:, 1])
+        cw = (area * ratio).sqrt().clamp(1, w)
+        ch = (area / ratio).sqrt().clamp(1, h)
+        x0 = (w - cw) * u[:, 2]
+        y0 = (h - ch) * u[:, 3]
+        boxes = torch.stack([torch.arange(n, device=x.device, dtype=torch.float32), x0, y0, x0 + cw, y0 + ch], 1)
+        out = roi_align(x.float(), boxes, (self.size, self.size), aligned=True).to(x.dtype)
+        if self.horizontal_flip:
+            flip = torch.rand(n, device=x.device) < 0.5
+            out = torch.where(flip[:, None, None, None], out.flip(-1), out)
+        return out

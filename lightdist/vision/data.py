@@ -20,6 +20,7 @@ from lightdist.data.splits import KFold, holdout_count, stratified_split, strati
 from lightdist.errors import DataError
 from lightdist.vision import cifar, idx
 from lightdist.vision.augment import ImageAugmentation
+from lightdist.vision.on_device import OnDevice
 
 
 @dataclass(frozen=True)
@@ -115,7 +116,7 @@ def channel_stats(images: np.ndarray, chunk: int = 8192) -> tuple[np.ndarray, np
     return mean.astype(np.float32), std.astype(np.float32)
 
 
-class VisionDataModule(ClassificationDataModule):
+class VisionDataModule(OnDevice, ClassificationDataModule):
     FACTS = ("num_classes", "in_channels", "image_size", "class_names")
     PREFLIGHT_FACTS = True
     def __init__(
@@ -137,10 +138,13 @@ class VisionDataModule(ClassificationDataModule):
         num_workers: int = 0,
         pin_memory: bool = False,
         persistent_workers: bool = False,
+        on_device: bool = False,
     ):
         super().__init__(batch_size, eval_batch_size, shuffle, drop_last, num_workers, pin_memory,
                          persistent_workers)
         self.spec = DATASETS[dataset]
+        # the splits live on the run's device as uint8 tensors (lightdist.vision.on_device)
+        self.on_device = on_device
         self.root = root
         self.val_size = val_size
         self.split_seed = split_seed
@@ -206,6 +210,8 @@ class VisionDataModule(ClassificationDataModule):
         self.train_set = tensors(images[train_idx], labels[train_idx])
         self.val_set = tensors(images[val_idx], labels[val_idx])
         self.test_set = tensors(test_images[test_idx], test_labels[test_idx])
+        if self.on_device:
+            self.resident(f"the {self.spec.title} images")
 
     # -- the normalisation statistics travel with checkpoints ------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -235,7 +241,9 @@ class VisionDataModule(ClassificationDataModule):
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 NCHW -> normalised float, on whatever device the images are."""
         x = images.float().div_(255.0)
-        return (x - self.mean.to(x.device)) / self.std.to(x.device)
+        if self.mean.device != x.device:  # once: a copy from host memory makes the host wait for the GPU
+            self.mean, self.std = self.mean.to(x.device), self.std.to(x.device)
+        return (x - self.mean) / self.std
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         images, labels = batch

@@ -19,6 +19,7 @@ from lightdist.data.base import ClassificationDataModule
 from lightdist.data.splits import balanced_subsets, holdout_count, pick, stratified_split
 from lightdist.errors import ConfigError, DataError
 from lightdist.vision import transforms as T
+from lightdist.vision.augment import ResizedCropFlip
 from lightdist.vision.files import (
     ImageFiles,
     LabelledImages,
@@ -30,6 +31,7 @@ from lightdist.vision.files import (
     read_manifest,
     scan_folder,
 )
+from lightdist.vision.on_device import OnDevice, check_fits, run_device
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
@@ -42,7 +44,7 @@ def _class_order(labels: set[str]) -> list[str]:
     return sorted(labels)
 
 
-class ImageFilesDataModule(ClassificationDataModule):
+class ImageFilesDataModule(OnDevice, ClassificationDataModule):
     """Images from `path` (class folders, or train/ val/ test/ of class folders) or from `manifest`
     (CSV, CSV.gz or Parquet: path, label and optional split columns); exactly one of the two.
 
@@ -98,6 +100,7 @@ class ImageFilesDataModule(ClassificationDataModule):
         persistent_workers: bool = False,
         prefetch_factor: int | None = None,
         decode_device: str | None = None,
+        on_device: bool = False,
     ):
         super().__init__(batch_size, eval_batch_size, shuffle, drop_last, num_workers, pin_memory,
                          persistent_workers, prefetch_factor)
@@ -114,6 +117,15 @@ class ImageFilesDataModule(ClassificationDataModule):
         if decode_device not in (None, "cpu", "cuda", "gpu"):
             raise ConfigError(f"data.decode_device={decode_device!r} is not a device for decoding",
                               hint="null (in the loader workers), cpu or cuda")
+        if on_device and (auto_augment or random_erasing > 0):
+            raise ConfigError("data.auto_augment and data.random_erasing run per image in the loader, which "
+                              "data.on_device=true does without",
+                              hint="set data.auto_augment=null and data.random_erasing=0 (crops, flips and "
+                                   "mixup/cutmix run on the device), or data.on_device=false")
+        # every split decoded once (evaluation preset) and kept on the run's device; training crops and
+        # flips of those images happen there (lightdist.vision.on_device)
+        self.on_device = on_device
+        self.device_augment = ResizedCropFlip(image_size, tuple(crop_scale), horizontal_flip) if on_device else None
         # JPEG decoding out of the workers, a batch at a time on this device ("gpu" for the trainer's GPU)
         self.decode_device = "cuda" if decode_device == "gpu" else decode_device
         self.path = Path(path).expanduser() if path is not None else None
@@ -229,6 +241,11 @@ class ImageFilesDataModule(ClassificationDataModule):
                             hint="use more images or fewer devices")
         if self.mean is None and self.normalization != "none":
             self._dataset_statistics(train_paths)
+        if self.on_device:
+            self._decode_to_device({"train": (train_paths, train_labels), "val": (val_paths, val_labels),
+                                    "test": (test_paths, test_labels)})
+            self.mix = T.batch_mixing(len(self.class_names), *self.mix_alphas)
+            return
         encoded = self.decode_device is not None
         self.train_set = ImageFiles(train_paths, train_labels, self.channels, self.train_transform, self.skip_corrupt,
                                     encoded)
@@ -236,6 +253,28 @@ class ImageFilesDataModule(ClassificationDataModule):
         self.test_set = ImageFiles(test_paths, test_labels, self.channels, self.eval_transform, self.skip_corrupt,
                                    encoded)
         self.mix = T.batch_mixing(len(self.class_names), *self.mix_alphas)
+
+    def _decode_to_device(self, splits: dict[str, tuple[list[Path], np.ndarray]]) -> None:
+        """Each split decoded once through the evaluation preset (loader workers, if any) into uint8
+        N x C x S x S on the run's device."""
+        from torch.utils.data import DataLoader, TensorDataset
+
+        device = run_device(self)
+        count = sum(len(paths) for paths, _ in splits.values())
+        check_fits(count * self.channels * self.image_size ** 2, device,
+                   f"{count} images of {self.image_size}x{self.image_size}")
+        for split, (paths, labels) in splits.items():
+            files = ImageFiles(paths, labels, self.channels, self.eval_transform, self.skip_corrupt)
+            images, targets = [], []
+            for batch in DataLoader(files, batch_size=256, num_workers=self.num_workers, collate_fn=collate_images):
+                if isinstance(batch, Unreadable):
+                    raise DataError(batch.message, hint="replace or delete the file, or set data.skip_corrupt=true "
+                                                        "to skip such files")
+                images.append(batch[0].to(device))
+                targets.append(batch[1].to(device))
+            empty = torch.empty(0, self.channels, self.image_size, self.image_size, dtype=torch.uint8, device=device)
+            setattr(self, f"{split}_set", TensorDataset(torch.cat(images) if images else empty,
+                                                        torch.cat(targets) if targets else empty.new_empty(0).long()))
 
     # -- normalisation -------------------------------------------------------------------------------
     def use_statistics(self, mean: list[float], std: list[float]) -> bool:
@@ -293,7 +332,9 @@ class ImageFilesDataModule(ClassificationDataModule):
         x = images.float().div_(255.0)
         if self.mean is None:
             return x
-        return (x - self.mean.to(x.device)) / self.std.to(x.device)
+        if self.mean.device != x.device:  # once: a copy from host memory makes the host wait for the GPU
+            self.mean, self.std = self.mean.to(x.device), self.std.to(x.device)
+        return (x - self.mean) / self.std
 
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         if isinstance(batch, Unreadable):  # a file that failed to decode in a loader worker
@@ -313,6 +354,8 @@ class ImageFilesDataModule(ClassificationDataModule):
         images, labels = batch
         x = self.normalize(images)
         if self.trainer is not None:
+            if self.device_augment is not None and self.trainer.training:
+                x = self.device_augment(x)  # data.on_device: the crops and flips the loader would have made
             if self.mix is not None and self.trainer.training:
                 x, labels = self.mix(x, labels)  # labels become soft targets, N x num_classes
             # Lightning casts inputs for the precision before the transfer, when they were still uint8.
