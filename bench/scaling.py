@@ -1,17 +1,32 @@
-"""Weak scaling of CPU DDP and start-up time, with the real CLI in subprocesses.
+"""Weak scaling of DDP under each of its overlap options and communication hooks, side by side in
+one run, with the real CLI in subprocesses.
 
-1 rank vs 2 ranks over gloo, one thread per rank, the same per-rank batch: ideal weak
-scaling doubles the samples/s. Efficiency = samples/s(2 ranks) / (2 x samples/s(1 rank)),
-from the steady-state steps of each run (the first step, with its start-up costs, excluded).
-The ceiling this machine allows is measured too: two independent 1-rank runs at the same
-time (no communication) share memory bandwidth and caches as two DDP ranks do; DDP's own
-cost is its efficiency relative to that. Also: seconds from starting the command to the end of the first optimizer step of a
-2-process run (imports, launching rank 1, data loading, DDP set-up, first step).
+CPU (default): 1 rank vs 2 ranks over gloo, one thread per rank, the same per-rank batch: ideal
+weak scaling doubles the samples/s. Efficiency = samples/s(2 ranks) / (2 x samples/s(1 rank)),
+from the steady-state steps of each run (the first two steps, with their start-up costs,
+excluded). The ceiling this machine allows is measured too: two independent 1-rank runs at the
+same time (no communication) share memory bandwidth and caches as two DDP ranks do; DDP's own
+cost is a variant's efficiency relative to that ("vs ceiling"). Every round runs the 1-rank
+baseline, the ceiling and each variant once (the order reversed every other round, so a drift in
+the machine's load spreads over all of them).
 
-    python bench/scaling.py
+Each variant also reports its training loss at the last logged step beside the default's (same
+seed, same data order): 0 for the options that only reschedule the all-reduce, the accuracy
+cost of compression for the hooks.
+
+GPU (--gpu): 1 GPU vs all of this machine's GPUs over NCCL (ResNet-18, CIFAR-10-format data,
+bf16-mixed, per-GPU batch 256; the ceiling is taken as 1: GPUs share nothing but the host). With
+fewer than 2 GPUs it says so and measures nothing.
+
+The time from command to first optimizer step is measured by bench/startup.py.
+
+    python bench/scaling.py                  # CPU, every variant, 2 rounds
+    python bench/scaling.py --variants default bf16 --rounds 3
+    python bench/scaling.py --gpu [--cifar-root /path/with/cifar-10-batches-py]
 """
 
 import argparse
+import csv
 import json
 import os
 import subprocess
@@ -24,12 +39,37 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import DATA, write_result  # noqa: E402
 
+# Each variant changes one thing of strategy=ddp (conf/strategy/ddp.yaml) on the default.
+VARIANTS = {
+    "default": [],
+    "bucket_1mb": ["strategy.bucket_cap_mb=1"],
+    # the former default: a set cap also sizes DDP's first bucket (else 1 MB), so the benchmark's
+    # model (3.5 MB of gradients) is one bucket, all-reduced only after the whole backward pass
+    "bucket_25mb": ["strategy.bucket_cap_mb=25"],
+    "bucket_100mb": ["strategy.bucket_cap_mb=100"],
+    "no_bucket_view": ["strategy.gradient_as_bucket_view=false"],
+    "static_graph": ["strategy.static_graph=true"],
+    "bf16": ["strategy.comm_hook=bf16"],
+    "fp16": ["strategy.comm_hook=fp16"],
+    "powersgd": ["strategy.comm_hook=powersgd", "strategy.powersgd_start_step=10"],
+    # not DDP options, but collectives every step: the BatchNorm buffers' broadcast before each
+    # forward, and the ranks agreeing on a preemption signal before each step
+    "no_broadcast_buffers": ["+strategy.broadcast_buffers=false"],
+    "preemption_check_20": ["preemption.check_every_n_steps=20"],
+    "both_of_these": ["+strategy.broadcast_buffers=false", "preemption.check_every_n_steps=20"],
+}
 
-def run(args: list[str], cwd: Path) -> tuple[float, Path]:
+
+def env() -> dict[str, str]:
     env = dict(os.environ, LIGHTDIST_DATA=str(DATA), WANDB_MODE="offline")
     env.pop("PYTHONDONTWRITEBYTECODE", None)
+    return env
+
+
+def run(args: list[str], cwd: Path) -> tuple[float, Path]:
+    """Runs the CLI in `cwd`; (when it started, its run directory)."""
     started = time.time()
-    proc = subprocess.run([sys.executable, "-m", "lightdist", *args], cwd=cwd, env=env, capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "lightdist", *args], cwd=cwd, env=env(), capture_output=True,
                           text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"lightdist {' '.join(args)} failed:\n{proc.stderr[-5000:]}")
@@ -39,10 +79,8 @@ def run(args: list[str], cwd: Path) -> tuple[float, Path]:
 
 def run_pair(args: list[str]) -> list[Path]:
     """Two independent runs started together: what two busy cores give without any communication."""
-    env = dict(os.environ, LIGHTDIST_DATA=str(DATA), WANDB_MODE="offline")
-    env.pop("PYTHONDONTWRITEBYTECODE", None)
     tmps = [tempfile.mkdtemp() for _ in range(2)]
-    procs = [subprocess.Popen([sys.executable, "-m", "lightdist", *args], cwd=t, env=env,
+    procs = [subprocess.Popen([sys.executable, "-m", "lightdist", *args], cwd=t, env=env(),
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for t in tmps]
     for proc in procs:
         _, err = proc.communicate()
@@ -57,42 +95,103 @@ def samples_per_s(run_dir: Path, per_rank_batch: int) -> float:
     return summary["train_steps_per_s"] * per_rank_batch * summary["world_size"]
 
 
+def last_loss(run_dir: Path) -> tuple[int, float]:
+    """(step, train/loss) of the last logged training step."""
+    with open(run_dir / "metrics.csv") as f:
+        rows = [(int(r["step"]), float(r["train/loss"])) for r in csv.DictReader(f) if r.get("train/loss")]
+    return max(rows)
+
+
+def gpu_setup(args: argparse.Namespace, tmp: Path) -> tuple[list[str], list[str], list[str], int] | None:
+    """(common overrides, 1-device overrides, N-device overrides, N), or None when there is no second GPU."""
+    import torch
+
+    gpus = torch.cuda.device_count()
+    if gpus < 2:
+        print(f"scaling --gpu: weak scaling needs 2 or more GPUs; this machine has {gpus}. Nothing measured "
+              "(run it on a multi-GPU node).")
+        return None
+    root = args.cifar_root
+    if root is None:  # CIFAR-10's exact on-disk format, random pixels: speed only
+        from tests.helpers.image_files import write_cifar10
+
+        write_cifar10(tmp / "data", per_batch=4000)
+        root = str(tmp / "data")
+    common = ["+experiment=cifar_resnet", f"data.root={root}", "data.val_size=1000", f"data.batch_size={args.batch}",
+              "data.num_workers=4", "trainer=gpu"]
+    return common, ["trainer.devices=1"], ["strategy=ddp", f"trainer.devices={gpus}"], gpus
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=120)
-    parser.add_argument("--batch", type=int, default=64, help="per-rank batch size")
+    parser.add_argument("--gpu", action="store_true", help="NCCL: 1 GPU vs all GPUs of this machine")
+    parser.add_argument("--steps", type=int, default=None, help="optimizer steps per run (CPU 120, GPU 300)")
+    parser.add_argument("--batch", type=int, default=None, help="per-rank batch size (CPU 64, GPU 256)")
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    parser.add_argument("--cifar-root", help="GPU mode: a folder holding cifar-10-batches-py (else synthetic files)")
     args = parser.parse_args()
-    common = ["+experiment=fashion_mnist_cnn", "data.augment=null", "data.train_subset=20000",
-              f"data.batch_size={args.batch}", f"trainer.max_steps={args.steps}", "trainer.limit_val_batches=0",
-              "trainer.num_sanity_val_steps=0", "test_after_fit=false", "threads_per_rank=1",
-              "trainer.enable_progress_bar=false", "callbacks.throughput=null", "callbacks.model_checkpoint=null"]
-    one, two, pair, startup = [], [], [], []
+    variants = {name: VARIANTS[name] for name in ["default", *args.variants]}  # default: the loss reference
+
+    tmp_root = Path(tempfile.mkdtemp())
+    if args.gpu:
+        args.steps, args.batch = args.steps or 300, args.batch or 256
+        setup = gpu_setup(args, tmp_root)
+        if setup is None:
+            return
+        common, one_rank, n_ranks, ranks = setup
+    else:
+        args.steps, args.batch = args.steps or 120, args.batch or 64
+        common = ["+experiment=fashion_mnist_cnn", "data.augment=null", "data.train_subset=20000",
+                  f"data.batch_size={args.batch}", "threads_per_rank=1"]
+        one_rank, n_ranks, ranks = ["trainer=cpu"], ["trainer=cpu_ddp", "trainer.devices=2", "strategy=ddp"], 2
+    common += [f"trainer.max_steps={args.steps}", "trainer.limit_val_batches=0", "trainer.num_sanity_val_steps=0",
+               "test_after_fit=false", "trainer.enable_progress_bar=false", "callbacks.throughput=null",
+               "callbacks.model_checkpoint=null", "logger=csv",
+               f"trainer.log_every_n_steps={max(1, args.steps // 4)}"]  # the last step's loss is logged
+
+    one: list[float] = []
+    pair: list[float] = []
+    speed: dict[str, list[float]] = {name: [] for name in variants}
+    loss: dict[str, tuple[int, float]] = {}
     for r in range(args.rounds):
-        with tempfile.TemporaryDirectory() as tmp:
-            _, run_dir = run(["trainer=cpu", *common], Path(tmp))
-            one.append(samples_per_s(run_dir, args.batch))
-        with tempfile.TemporaryDirectory() as tmp:
-            started, run_dir = run(["trainer=cpu_ddp", "trainer.devices=2", *common], Path(tmp))
-            two.append(samples_per_s(run_dir, args.batch))
-            first = json.loads((run_dir / "summary.json").read_text())["first_step_at"]
-            startup.append(first - started)
-        pair.append(sum(samples_per_s(d, args.batch) for d in run_pair(["trainer=cpu", *common])))
-        print(f"round {r + 1}: 1 rank {one[-1]:.1f} samples/s, 2 ranks {two[-1]:.1f} samples/s, "
-              f"efficiency {two[-1] / (2 * one[-1]):.3f}, two independent 1-rank runs {pair[-1]:.1f} samples/s "
-              f"(ceiling {pair[-1] / (2 * one[-1]):.3f}), command to first step {startup[-1]:.1f} s", flush=True)
-    s1, s2, sp = sum(one) / len(one), sum(two) / len(two), sum(pair) / len(pair)
-    efficiency = s2 / (2 * s1)
-    print(f"two independent 1-rank runs at once: {sp:.1f} samples/s, ceiling {sp / (2 * s1):.3f}; "
-          f"DDP relative to it: {s2 / sp:.3f}")
-    print(f"\nweak scaling, per-rank batch {args.batch}, 1 thread per rank: 1 rank {s1:.1f} samples/s, "
-          f"2 ranks {s2:.1f} samples/s, efficiency {efficiency:.3f}; "
-          f"command to first optimizer step (2 processes) {min(startup):.1f} s (best of {len(startup)})")
-    path = write_result("scaling", {"per_rank_batch": args.batch, "steps": args.steps,
-                                    "samples_per_s_1_rank": one, "samples_per_s_2_ranks": two,
-                                    "efficiency": efficiency, "samples_per_s_two_independent": pair,
-                                    "ceiling_efficiency": sp / (2 * s1), "ddp_relative_to_ceiling": s2 / sp,
-                                    "startup_to_first_step_s": startup})
+        order = ["1 rank", "ceiling", *variants]
+        for name in order if r % 2 == 0 else order[::-1]:
+            if name == "ceiling":
+                if not args.gpu:
+                    pair.append(sum(samples_per_s(d, args.batch) for d in run_pair([*one_rank, *common])))
+                    print(f"round {r + 1}: two independent 1-rank runs {pair[-1]:.1f} samples/s", flush=True)
+                continue
+            cwd = tmp_root / f"{r}_{name.replace(' ', '_')}"
+            cwd.mkdir()
+            _, run_dir = run([*(one_rank if name == "1 rank" else n_ranks), *common, *variants.get(name, [])], cwd)
+            rate = samples_per_s(run_dir, args.batch)
+            if name == "1 rank":
+                one.append(rate)
+            else:
+                speed[name].append(rate)
+                loss[name] = last_loss(run_dir)
+            print(f"round {r + 1}: {name} {rate:.1f} samples/s", flush=True)
+
+    s1 = sum(one) / len(one)
+    ceiling = sum(pair) / len(pair) / (ranks * s1) if pair else 1.0
+    print(f"\nweak scaling, per-rank batch {args.batch}, {args.steps} steps, {args.rounds} round(s): 1 rank "
+          f"{s1:.1f} samples/s; ceiling (two independent 1-rank runs at once) {ceiling:.3f}")
+    print(f"{'variant':22} {'samples/s':>10} {'efficiency':>10} {'vs ceiling':>10} {'loss@step':>16} {'vs default':>11}")
+    results = {}
+    for name, rates in speed.items():
+        mean = sum(rates) / len(rates)
+        step, value = loss[name]
+        results[name] = {"overrides": variants[name], "samples_per_s": rates, "efficiency": mean / (ranks * s1),
+                         "relative_to_ceiling": mean / (ranks * s1) / ceiling, "loss_step": step, "loss": value,
+                         "loss_minus_default": value - loss["default"][1]}
+        row = results[name]
+        print(f"{name:22} {mean:10.1f} {row['efficiency']:10.3f} {row['relative_to_ceiling']:10.3f} "
+              f"{value:10.5f}@{step:<5} {row['loss_minus_default']:+11.5f}")
+    path = write_result("scaling_gpu" if args.gpu else "scaling", {
+        "mode": "gpu" if args.gpu else "cpu", "ranks": ranks, "per_rank_batch": args.batch, "steps": args.steps,
+        "rounds": args.rounds, "common": common, "samples_per_s_1_rank": one,
+        "samples_per_s_two_independent": pair, "ceiling_efficiency": ceiling, "variants": results})
     print(f"written to {path}")
 
 

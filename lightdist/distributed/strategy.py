@@ -73,9 +73,25 @@ class DDPStrategy(EndSpawnedRanks, LightningDDPStrategy):
 
     end_spawned_rank = staticmethod(exit_rank)
 
+    def __init__(self, *args: Any, comm_hook: str | None = None, powersgd_rank: int = 1,
+                 powersgd_start_step: int = 1000, **kwargs: Any) -> None:
+        """`comm_hook` (null | fp16 | bf16 | powersgd) becomes Lightning's ddp_comm_state/ddp_comm_hook;
+        the other keys (bucket_cap_mb, gradient_as_bucket_view, static_graph...) go to DistributedDataParallel."""
+        from lightdist.distributed.comm_hooks import comm_hook_arguments
+
+        hook = comm_hook_arguments(comm_hook, powersgd_rank, powersgd_start_step)
+        super().__init__(*args, **hook, **kwargs)
+        self.comm_hook = hook
+
     def setup_environment(self) -> None:
         super().setup_environment()
         release_process_group_at_exit()
+
+    def configure_ddp(self) -> None:
+        super().configure_ddp()
+        # Lightning registers the hook on CUDA only; torch's hooks run on gloo as well (CPU ranks).
+        if self.comm_hook and self.root_device.type != "cuda":
+            self.model.register_comm_hook(state=self.comm_hook["ddp_comm_state"], hook=self.comm_hook["ddp_comm_hook"])
 
 
 def build_strategy(cfg: DictConfig | None, trainer: DictConfig, batch_size: int | None = None,
@@ -92,9 +108,9 @@ def build_strategy(cfg: DictConfig | None, trainer: DictConfig, batch_size: int 
     timeout = collective_timeout(timeout_s)
     if cfg is None or "_target_" not in cfg:
         return (cfg or {}).get("name", "auto")
+    params, _, _ = signature_of(cfg._target_)  # Lightning's, for DDP: lightdist's hides them in **kwargs
     if get_object(cfg._target_) is LightningDDPStrategy:
         cfg = OmegaConf.merge(cfg, {"_target_": f"{DDPStrategy.__module__}.{DDPStrategy.__qualname__}"})
-    params, _, _ = signature_of(cfg._target_)
     context = {"device_type": trainer.get("accelerator", "auto"), "precision": str(trainer.get("precision")),
                "timeout": timeout, "compile": compile or None}
     return _with_micro_batch(instantiate(cfg, **{k: v for k, v in context.items() if k in params and v is not None}), batch_size)
