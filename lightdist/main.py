@@ -15,6 +15,9 @@ their traceback; LIGHTDIST_DEBUG=1 shows it for user errors too.
 """
 
 import importlib
+import importlib.abc
+import importlib.machinery
+import importlib.metadata
 import os
 import sys
 
@@ -37,6 +40,13 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _dispatch(argv: list[str]) -> None:
+    _leave_out_unused_imports()  # before anything imports Lightning
+    from lightdist.distributed import early_ranks
+
+    if early_ranks.waiting():  # a rank > 0 rank 0 started early: imports now, then waits for its job
+        from lightdist.commands.train import prepare_child
+
+        early_ranks.wait_for_handoff(prepare_child)
     from lightdist.config import resolvers
     from lightdist.distributed.launch import child_job_config
 
@@ -50,6 +60,81 @@ def _dispatch(argv: list[str]) -> None:
     name = argv[0] if argv and argv[0] in NAMES else "train"
     command = importlib.import_module(f"lightdist.commands.{name}")
     command.run(argv[1:] if argv and argv[0] == name else argv)
+
+
+# -- start-up: what importing Lightning costs ---------------------------------------------------------
+# Lightning imports torchmetrics, whose package __init__ imports scipy.signal and (through its BERTScore
+# and InfoLM modules) transformers whenever they are installed: about 1.5 s of every process's start-up,
+# paid twice before a 2-process run's first step (Lightning starts rank 1 when rank 0 reaches fit), for
+# metrics lightdist never uses (audio, text embeddings). While torchmetrics is first imported they look
+# uninstalled to it; afterwards they import as usual (lightdist's text models import transformers
+# themselves). torchmetrics' BERTScore, InfoLM, CLIP and scipy-backed audio metrics then report their
+# dependency missing: LIGHTDIST_FULL_IMPORTS=1 keeps them (and the start-up cost). matplotlib cannot be
+# left out so: torchmetrics' plots, which lightdist uses, need it imported with them.
+HIDDEN_FROM_TORCHMETRICS = ("scipy", "transformers")
+
+
+class _HiddenFromTorchmetrics(importlib.abc.MetaPathFinder):
+    """While torchmetrics' package is first imported, `names` look uninstalled: to imports (find_spec)
+    and to version probes (importlib.metadata). Leaves sys.meta_path once torchmetrics is imported."""
+
+    def __init__(self, names: tuple[str, ...]):
+        self.names = set(names)
+        self.hiding = False
+
+    def _hidden(self, name: str | None) -> bool:
+        return self.hiding and bool(name) and name.replace("-", "_").lower().partition(".")[0] in self.names
+
+    def find_spec(self, fullname, path=None, target=None):
+        if self._hidden(fullname):
+            raise ModuleNotFoundError(f"No module named {fullname!r}", name=fullname)
+        if fullname != "torchmetrics" or self.hiding:
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(fullname, path)
+        if spec is not None and spec.loader is not None:
+            spec.loader = _HidingWhileExecuted(spec.loader, self)
+        return spec
+
+    def find_distributions(self, context=None):
+        if context is not None and self._hidden(context.name):
+            raise importlib.metadata.PackageNotFoundError(context.name)
+        return iter(())
+
+    def done(self) -> None:
+        self.hiding = False
+        if self in sys.meta_path:
+            sys.meta_path.remove(self)
+        from lightning_utilities.core.imports import module_available, package_available
+
+        package_available.cache_clear()  # their probes cached "not installed": ask again from now on
+        module_available.cache_clear()
+
+
+class _HidingWhileExecuted(importlib.abc.Loader):
+    """torchmetrics' own loader, run with its finder hiding."""
+
+    def __init__(self, loader, finder: _HiddenFromTorchmetrics):
+        self.loader, self.finder = loader, finder
+
+    def create_module(self, spec):
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module) -> None:
+        self.finder.hiding = True
+        try:
+            self.loader.exec_module(module)
+        finally:
+            self.finder.done()
+
+    def __getattr__(self, name: str):
+        return getattr(self.loader, name)
+
+
+def _leave_out_unused_imports() -> None:
+    if "torchmetrics" in sys.modules or os.environ.get("LIGHTDIST_FULL_IMPORTS"):
+        return
+    if not any(isinstance(f, _HiddenFromTorchmetrics) for f in sys.meta_path):
+        sys.meta_path.insert(0, _HiddenFromTorchmetrics(HIDDEN_FROM_TORCHMETRICS))
 
 
 def _report(exc: BaseException) -> None:

@@ -2,8 +2,10 @@
 time training starts adds to the start-up of every rank (Lightning's ddp launcher starts ranks
 > 0 only once rank 0 reaches fit, so their imports come on top of rank 0's).
 
-matplotlib, scipy, transformers and torchvision are not checked: Lightning imports torchmetrics,
-which imports each of them whenever it is installed.
+Lightning imports torchmetrics, which imports matplotlib, scipy, transformers and torchvision
+whenever they are installed. scipy and transformers are left out (lightdist.main hides them from
+torchmetrics while Lightning is imported); matplotlib (torchmetrics' plots, which lightdist uses)
+and torchvision (the image family's own) are not checked.
 """
 
 import json
@@ -16,6 +18,8 @@ from tests.helpers.cli import QUIET, REPO, cli_env, run_cli
 # Optional dependencies that only a config naming them may import.
 OPTIONAL = ("deepspeed", "optuna", "wandb", "tensorboard", "tensorboardX", "timm", "datasets", "gymnasium",
             "pyarrow", "sklearn", "onnx", "onnxruntime")
+# What torchmetrics would import for metrics lightdist does not use (its text and audio metrics).
+LEFT_OUT = ("scipy", "transformers")
 
 TINY = [*QUIET, "data.train_subset=64", "data.val_subset=32", "trainer.max_epochs=1", "trainer.limit_train_batches=1",
         "trainer.limit_val_batches=0", "trainer.num_sanity_val_steps=0", "test_after_fit=false"]
@@ -28,6 +32,36 @@ def test_a_default_image_run_imports_no_optional_dependency(workdir):
     loaded = {name.split(".")[0] for name in Path(f"{probe}.0").read_text().split()}
     assert "lightning" in loaded and "kornia" in loaded  # the probe saw the run: its flips need kornia
     assert sorted(loaded.intersection(OPTIONAL)) == []
+    assert sorted(loaded.intersection(LEFT_OUT)) == []
+
+
+# Lightning imported as the command line imports it; afterwards the packages left out import as
+# usual and torchmetrics computes what lightdist uses.
+LEAN = """
+import json, sys
+from lightdist.main import HIDDEN_FROM_TORCHMETRICS, _leave_out_unused_imports
+
+_leave_out_unused_imports()
+import lightning
+loaded = [name for name in ("lightning", *HIDDEN_FROM_TORCHMETRICS) if name in sys.modules]
+import scipy.signal, torch, transformers
+from lightning_utilities.core.imports import package_available
+from torchmetrics.classification import MulticlassAccuracy
+
+accuracy = MulticlassAccuracy(3, average="micro")(torch.tensor([0, 1, 2]), torch.tensor([0, 1, 1])).item()
+print(json.dumps({"loaded": loaded, "found": [package_available(n) for n in HIDDEN_FROM_TORCHMETRICS],
+                  "finders": [type(f).__name__ for f in sys.meta_path], "accuracy": accuracy}))
+"""
+
+
+def test_lightning_is_imported_without_torchmetrics_optional_imports_and_they_import_afterwards(workdir):
+    proc = subprocess.run([sys.executable, "-c", LEAN], cwd=workdir, env=cli_env(), capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["loaded"] == ["lightning"]
+    assert result["found"] == [True, True] and "_HiddenFromTorchmetrics" not in result["finders"]
+    assert abs(result["accuracy"] - 2 / 3) < 1e-6
 
 
 # What train.run builds for a strategy, logger and augmentation that a config names, in a fresh

@@ -15,6 +15,7 @@ from typing import Any
 from lightdist.config import config_dir
 from lightdist.config.checks import check_config, preflight, unswept_folds
 from lightdist.config.compose import flag_value, split_args, with_run_overrides
+from lightdist.distributed import early_ranks
 from lightdist.distributed.launch import announce_job_config, isolated_job, rank_failure, rank_log
 from lightdist.distributed.ranks import is_rank_zero
 from lightdist.errors import JobFailed, LightdistError
@@ -29,7 +30,11 @@ def run(argv: list[str]) -> None:
     flags, overrides = split_args(argv)
     overrides = with_run_overrides(overrides)  # resuming in run_dir=<run>: that run's own config first
     config_name = flag_value(flags, "-cn", "--config-name") or "config"
-    cfg = None if any(f in _NO_PREFLIGHT for f in flags) else preflight(overrides, config_name)
+
+    def start_ranks(composed) -> None:  # a single-node run's ranks > 0: their imports overlap the checks'
+        early_ranks.start(composed, [*flags, *(["--multirun"] if unswept_folds(composed, overrides) else [])])
+
+    cfg = None if any(f in _NO_PREFLIGHT for f in flags) else preflight(overrides, config_name, composed=start_ranks)
     folds = unswept_folds(cfg, overrides)
     if folds:  # data.kfold.k alone: every fold is one job of a multirun
         overrides.append(f"{FOLD_KEY}={','.join(map(str, range(folds)))}")
@@ -152,6 +157,12 @@ def _world_size(cfg) -> int:
     from lightdist.distributed.strategy import processes_per_node
 
     return processes_per_node(cfg.trainer) * int(cfg.trainer.get("num_nodes", 1))
+
+
+def prepare_child() -> None:
+    """What a rank > 0 imports before it runs its job: a rank started early imports it while waiting."""
+    from lightdist import run_dir, train  # noqa: F401  (Lightning, torch and the shared layers with them)
+    from lightdist.distributed import strategy  # noqa: F401
 
 
 def run_child(config_path: Path) -> None:

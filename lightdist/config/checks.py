@@ -22,12 +22,14 @@ def check_config(cfg, run_dir: Path | None = None, allocation: dict | None = Non
 
     from lightdist.checkpoints import resolve_ckpt_path
     from lightdist.config.validate import check_devices, check_precision, check_targets
+    from lightdist.distributed.comm_hooks import check_strategy_comm_hook
     from lightdist.tasks.transfer import check_sources
 
     missing = missing_keys(cfg)
     if missing:
         raise ConfigError(f"missing required value(s): {', '.join(missing)}",
                           hint=" ".join(f"{key}=<value>" for key in missing))
+    check_strategy_comm_hook(cfg.trainer, cfg.get("strategy"))
     check_targets(cfg)
     check_sources(cfg)
     check_devices(cfg.trainer, **(allocation or {}), threads_per_rank=cfg.get("threads_per_rank", "auto"))
@@ -207,7 +209,9 @@ def check_builds(cfg, datamodule=None) -> None:
 
 
 def preflight(overrides: list[str], config_name: str = "config", with_data: bool = True,
-              allocation: dict | None = None, notes: list | None = None):
+              allocation: dict | None = None, notes: list | None = None, composed=None):
+    """The composed config, checked. `composed(cfg)` is called once it is composed, before the checks
+    (which import the libraries its targets need: seconds)."""
     point = first_point(overrides)
     cfg = compose_checked(point, config_name, notes)
     base = compose([], config_name)
@@ -217,6 +221,8 @@ def preflight(overrides: list[str], config_name: str = "config", with_data: bool
         raise ConfigError(f"unknown top-level key(s): {', '.join(unknown)}"
                           + (f"; did you mean {close[0]}?" if close else ""),
                           hint=f"top-level keys: {', '.join(sorted(base.keys()))}")
+    if composed is not None:
+        composed(cfg)
     # data.kfold.k alone becomes one job per fold: check the first of them.
     checked = compose([*point, f"{FOLD_KEY}=0"], config_name) if unswept_folds(cfg, point) else cfg
     check_config(checked, allocation=allocation)

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from lightdist.compat import before_rank_observer_kills, is_script_launcher
+from lightdist.distributed import early_ranks
 from lightdist.errors import RankFailed, error_line, one_line
 
 JOB_CONFIG_ENV = "LIGHTDIST_JOB_CONFIG"
@@ -89,6 +90,7 @@ def watch_ranks(trainer: Any, run_dir: str | Path) -> None:
     global _launcher, _reported
     launcher = _launcher = getattr(trainer.strategy, "launcher", None)
     _reported = None
+    early_ranks.hand_off_to(launcher)  # ranks rank 0 started early take the places of those it would start
     # Only ranks this process starts as scripts itself (not srun's or torchrun's, which start every
     # rank; spawn/fork children report their own errors through Lightning's multiprocessing queue).
     if is_script_launcher(launcher) and not launcher.cluster_environment.creates_processes_externally:
