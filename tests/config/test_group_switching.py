@@ -102,12 +102,14 @@ def test_every_option_switches_on_top_of_the_experiment(compose, hf_model, exper
     for group in SWITCHED:
         for option in options(group):
             overrides = [f"+experiment={experiment}", f"{group}={option}"]
-            if compose(overrides).model.get("_target_") in FROM_FOLDER:
-                overrides.append(f"model.path={hf_model}")  # required; read when the model is built
             if experiment == "mnist_finetune_from_fashion":
                 overrides.append("transfer.init_from=/nonexistent")  # required; never read here
             notes: list = []
             cfg = compose(overrides, notes)
+            if cfg.model.get("_target_") in FROM_FOLDER:  # composed again only then: compositions are the cost
+                overrides.insert(2, f"model.path={hf_model}")  # required; read when the model is built
+                notes = []
+                cfg = compose(overrides, notes)
             data_kind = get_class(cfg.data._target_).__name__
             data_kind = SAME_INPUTS.get(data_kind, data_kind)
             where = " ".join(overrides)
