@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import DATA, compose_resolved, step_times, write_result  # noqa: E402
+from bench.common import DATA, compose_resolved, step_times, steps_per_second, write_result  # noqa: E402
 
 CPU = ["model=simple_cnn", "model.channels=[8,16]", "model.hidden=64", "data.batch_size=128", "data.train_subset=20000",
        "trainer.limit_val_batches=0",
@@ -39,11 +39,6 @@ def gpu_overrides(root: Path, smoke: bool) -> list[str]:
     return ["+experiment=cifar_resnet", f"data.root={root}", f"data.val_size={20 if smoke else 1000}",
             f"data.batch_size={4 if smoke else 256}", "trainer.devices=1", "strategy=auto",
             "callbacks.throughput=null", *cpu]
-
-
-def steps_per_second(times: list[float], warmup: int) -> float:
-    window = times[warmup:]
-    return (len(window) - 1) / (window[-1] - window[0])
 
 
 def loader_only(overrides: list[str], steps: int, warmup: int) -> float:

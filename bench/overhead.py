@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import lightning as L  # noqa: E402
 import torch  # noqa: E402
 
-from bench.common import compose_resolved, step_times, write_result  # noqa: E402
+from bench.common import compose_resolved, step_times, steps_per_second, write_result  # noqa: E402
 
 MODELS = {
     "cnn": ["model=simple_cnn"],
@@ -50,11 +50,6 @@ MODELS = {
 GPU_MODELS = ("resnet18", "resnet50")
 PARITY_TOLERANCE = 1e-12
 FLOAT64 = ["trainer.precision=64-true", "trainer.accelerator=cpu", "matmul_precision=null"]
-
-
-def steps_per_second(times: list[float], warmup: int) -> float:
-    window = times[warmup:]
-    return (len(window) - 1) / (window[-1] - window[0])
 
 
 # wall: steps/s as a user sees them; cpu: this process's CPU time (time.process_time, all its threads),
