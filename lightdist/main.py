@@ -64,14 +64,14 @@ def _dispatch(argv: list[str]) -> None:
 
 # -- start-up: what importing Lightning costs ---------------------------------------------------------
 # Lightning imports torchmetrics, whose package __init__ imports scipy.signal and (through its BERTScore
-# and InfoLM modules) transformers whenever they are installed: about 1.5 s of every process's start-up,
-# paid twice before a 2-process run's first step (Lightning starts rank 1 when rank 0 reaches fit), for
-# metrics lightdist never uses (audio, text embeddings). While torchmetrics is first imported they look
-# uninstalled to it; afterwards they import as usual (lightdist's text models import transformers
-# themselves). torchmetrics' BERTScore, InfoLM, CLIP and scipy-backed audio metrics then report their
-# dependency missing: LIGHTDIST_FULL_IMPORTS=1 keeps them (and the start-up cost). matplotlib cannot be
-# left out so: torchmetrics' plots, which lightdist uses, need it imported with them.
-HIDDEN_FROM_TORCHMETRICS = ("scipy", "transformers")
+# and InfoLM modules) transformers whenever they are installed, and matplotlib for its plots: about 1.7 s
+# of every process's start-up, paid twice before a 2-process run's first step (Lightning starts rank 1
+# when rank 0 reaches fit), for metrics lightdist never uses (audio, text embeddings) and plots it draws
+# itself (lightdist.tasks.metrics). While torchmetrics is first imported they look uninstalled to it;
+# afterwards they import as usual (lightdist's text models import transformers themselves, its figures
+# matplotlib). torchmetrics' BERTScore, InfoLM, CLIP, scipy-backed audio metrics and Metric.plot then
+# report their dependency missing: LIGHTDIST_FULL_IMPORTS=1 keeps them (and the start-up cost).
+HIDDEN_FROM_TORCHMETRICS = ("scipy", "transformers", "matplotlib")
 
 
 class _HiddenFromTorchmetrics(importlib.abc.MetaPathFinder):

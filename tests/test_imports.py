@@ -3,9 +3,9 @@ time training starts adds to the start-up of every rank (Lightning's ddp launche
 > 0 only once rank 0 reaches fit, so their imports come on top of rank 0's).
 
 Lightning imports torchmetrics, which imports matplotlib, scipy, transformers and torchvision
-whenever they are installed. scipy and transformers are left out (lightdist.main hides them from
-torchmetrics while Lightning is imported); matplotlib (torchmetrics' plots, which lightdist uses)
-and torchvision (the image family's own) are not checked.
+whenever they are installed. scipy, transformers and matplotlib are left out (lightdist.main hides
+them from torchmetrics while Lightning is imported); torchvision (the image family's own) is not
+checked. kornia is imported only by the augmentations that need it (affine, erasing).
 """
 
 import json
@@ -18,8 +18,9 @@ from tests.helpers.cli import QUIET, REPO, cli_env, run_cli
 # Optional dependencies that only a config naming them may import.
 OPTIONAL = ("deepspeed", "optuna", "wandb", "tensorboard", "tensorboardX", "timm", "datasets", "gymnasium",
             "pyarrow", "sklearn", "onnx", "onnxruntime")
-# What torchmetrics would import for metrics lightdist does not use (its text and audio metrics).
-LEFT_OUT = ("scipy", "transformers")
+# What torchmetrics would import for what lightdist does not use (its text and audio metrics, its plots),
+# and kornia, which the default flips and crops do not need.
+LEFT_OUT = ("scipy", "transformers", "matplotlib", "kornia")
 
 TINY = [*QUIET, "data.train_subset=64", "data.val_subset=32", "trainer.max_epochs=1", "trainer.limit_train_batches=1",
         "trainer.limit_val_batches=0", "trainer.num_sanity_val_steps=0", "test_after_fit=false"]
@@ -30,7 +31,7 @@ def test_a_default_image_run_imports_no_optional_dependency(workdir):
     run_cli([*TINY, "+callbacks.modules._target_=tests.helpers.modules_probe.ModulesAtTrainStart",
              f"+callbacks.modules.path={probe}"], cwd=workdir, env=cli_env(PYTHONPATH=str(REPO)))  # imports tests.
     loaded = {name.split(".")[0] for name in Path(f"{probe}.0").read_text().split()}
-    assert "lightning" in loaded and "kornia" in loaded  # the probe saw the run: its flips need kornia
+    assert "lightning" in loaded and "torchvision" in loaded  # the probe saw the run
     assert sorted(loaded.intersection(OPTIONAL)) == []
     assert sorted(loaded.intersection(LEFT_OUT)) == []
 
@@ -63,7 +64,7 @@ def test_lightning_is_imported_without_torchmetrics_optional_imports_and_they_im
     assert proc.returncode == 0, proc.stderr[-4000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["loaded"] == ["lightning"]
-    assert "transformers" in result["installed"]  # a dependency (text models): the check below sees it
+    assert {"transformers", "matplotlib"} <= set(result["installed"])  # dependencies: the check below sees them
     assert all(result["found"]) and "_HiddenFromTorchmetrics" not in result["finders"]
     assert abs(result["accuracy"] - 2 / 3) < 1e-6
 
@@ -95,8 +96,8 @@ def test_what_a_config_names_is_imported_when_built_and_only_that(workdir):
     watched = (*OPTIONAL, "kornia")
     proc = subprocess.run(
         [sys.executable, "-c", BUILD, str(workdir), ",".join(watched), "strategy=deepspeed_stage_2",
-         "logger=[csv,tensorboard]", "data.augment.horizontal_flip=false"],  # crops alone need no kornia
+         "logger=[csv,tensorboard]", "data.augment.rotation_degrees=10"],  # rotations are kornia's
         cwd=workdir, env=cli_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert result == {"imported": [], "built": ["deepspeed", "tensorboard"]}
+    assert result == {"imported": [], "built": ["deepspeed", "kornia", "tensorboard"]}

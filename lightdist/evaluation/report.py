@@ -98,21 +98,16 @@ def _figures(folder: Path, results: dict[str, Any], class_names: list[str], spli
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from torchmetrics.classification import MulticlassConfusionMatrix, MulticlassROC
 
-    from lightdist.tasks.metrics import save_confusion_matrix
+    from lightdist.tasks.metrics import draw_roc, save_confusion_matrix
 
     n = len(class_names)
-    fig = save_confusion_matrix(MulticlassConfusionMatrix(n), class_names, folder / FIGURES["confusion_matrix"],
-                                val=results["confusion"],
+    fig = save_confusion_matrix(results["confusion"], class_names, folder / FIGURES["confusion_matrix"],
                                 title=f"{split.capitalize()} confusion matrix (rows: true, columns: predicted)")
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(7, 6))
-    MulticlassROC(n).plot(curve=results["roc"], score=results["auroc"], ax=ax,
-                          labels=list(class_names) if n <= 20 else None)
-    if n > 20 and ax.get_legend():
-        ax.get_legend().remove()
+    draw_roc(ax, results["roc"], results["auroc"], list(class_names) if n <= 20 else None)
     ax.plot([0, 1], [0, 1], linestyle=":", color="grey")
     ax.set_title(f"ROC one-vs-rest, {split} split (macro AUROC {float(results['auroc_macro']):.4f})")
     fig.tight_layout()

@@ -148,7 +148,7 @@ class ClassificationTask(Task):
         confusion = self.test_confusion.compute()
         if self.trainer.is_global_zero:
             path = Path(self.trainer.default_root_dir) / "confusion_matrix.png"
-            fig = save_confusion_matrix(self.test_confusion, self.class_names, path)
+            fig = save_confusion_matrix(confusion, self.class_names, path)
             self._log_figure("test/confusion_matrix", fig, path)
             import matplotlib.pyplot as plt
 

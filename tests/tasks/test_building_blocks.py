@@ -13,8 +13,9 @@ from lightdist.data.splits import stratified_split, stratified_subset
 from lightdist.errors import ConfigError
 from lightdist.tasks import schedules
 from lightdist.tasks.base import Task
+from lightdist.tasks.metrics import save_confusion_matrix
 from lightdist.tasks.optim import build_optimizer, param_groups
-from lightdist.vision.augment import ImageAugmentation
+from lightdist.vision.augment import ImageAugmentation, RandomHorizontalFlip
 from lightdist.vision.models.cnn import SimpleCNN
 from lightdist.vision.models.resnet import ResNet
 
@@ -128,6 +129,26 @@ def test_augmentation_keeps_shapes_and_changes_pixels():
     y = aug(x)
     assert y.shape == x.shape and not torch.allclose(x, y)
     assert not ImageAugmentation().enabled
+
+
+def test_horizontal_flip_mirrors_each_image_or_leaves_it_as_it_was():
+    torch.manual_seed(0)
+    x = torch.arange(64 * 2 * 3 * 5, dtype=torch.float64).reshape(64, 2, 3, 5)
+    y = RandomHorizontalFlip()(x)
+    mirrored = [torch.equal(y[i], x[i].flip(-1)) for i in range(64)]
+    kept = [torch.equal(y[i], x[i]) for i in range(64)]
+    assert all(m != k for m, k in zip(mirrored, kept))  # every image is one or the other, alone
+    assert 16 <= sum(mirrored) <= 48  # a coin per image, not one for the batch (P(outside) < 1e-4)
+
+
+def test_confusion_matrix_figure_shows_every_count_under_its_class_names(tmp_path):
+    counts = torch.tensor([[5, 1, 0], [2, 7, 1], [0, 3, 9]])
+    fig = save_confusion_matrix(counts, ["cat", "dog", "fox"], tmp_path / "cm.png", title="t")
+    ax = fig.axes[0]
+    assert (tmp_path / "cm.png").stat().st_size > 0
+    assert [t.get_text() for t in ax.texts] == [str(c) for c in counts.flatten().tolist()]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["cat", "dog", "fox"]
+    assert ax.images[0].get_array().tolist() == counts.tolist()
 
 
 class _PlanProbe(L.LightningModule):
