@@ -25,6 +25,7 @@ import torch
 from lightning.pytorch.callbacks import ProgressBar, RichProgressBar
 
 from lightdist.callbacks import batch_size
+from lightdist.logging_steps import logs_step
 
 
 class LogProgress(ProgressBar):
@@ -112,8 +113,7 @@ class RichProgress(RichProgressBar):
 
 def logging_step(trainer: L.Trainer) -> bool:
     """Whether the step that just ended is one whose metrics Lightning logs (and so reads)."""
-    every = trainer.log_every_n_steps
-    return not every or trainer.global_step % every == 0
+    return logs_step(trainer, trainer.global_step)
 
 
 def train_metrics(bar: Any, trainer: L.Trainer, pl_module: L.LightningModule,

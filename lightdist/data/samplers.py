@@ -76,8 +76,12 @@ class ResumableDistributedSampler(ResumablePosition, DistributedSampler):
         return taken // self.num_replicas if taken % self.num_replicas == 0 else super()._position_from(done, replicas)
 
     def __iter__(self):
-        for index in self._resumed(DistributedSampler.__iter__(self)):
-            yield (self.epoch, index) if self.with_epoch else index
+        # a generator: the permutation is drawn at the first next(), after set_epoch; per item only
+        # _resumed's count runs in Python (a step of a small model feels each Python call per sample)
+        indices = DistributedSampler.__iter__(self)
+        if self.with_epoch:
+            indices = zip(itertools.repeat(self.epoch), indices)
+        yield from self._resumed(indices)
 
 
 class UnpaddedDistributedSampler(DistributedSampler):

@@ -21,6 +21,7 @@ from torchmetrics.aggregation import CatMetric, MeanMetric
 
 from lightdist.distributed.rank_states import gather, own
 from lightdist.errors import ConfigError
+from lightdist.logging_steps import logs_step
 from lightdist.tasks.base import Task
 
 
@@ -168,7 +169,7 @@ class DQNTask(Task):
         if weights is not None:
             self.trainer.datamodule.update_priorities(batch["indices"], td.detach().abs() + self.hparams.priority_epsilon)
         self.env_steps_total = int(batch["env_steps"]) * self.trainer.world_size
-        if (self.global_step + 1) % self.trainer.log_every_n_steps == 0:
+        if logs_step(self.trainer, self.global_step + 1):
             # Only on the steps the loggers write: each self.log costs about a millisecond, as much
             # as the whole update of a small Q-network.
             size = len(td)

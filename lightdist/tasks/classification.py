@@ -16,6 +16,7 @@ from torch import nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassConfusionMatrix
 
+from lightdist.logging_steps import logs_step
 from lightdist.tasks.base import Task
 from lightdist.tasks.metrics import classification_metrics, save_confusion_matrix
 
@@ -89,9 +90,9 @@ class ClassificationTask(Task):
     # Per step, metrics are only updated; they are computed (and synced across ranks) once per
     # epoch. Handing Lightning a torchmetrics object in every step's self.log moves the whole
     # metric to the device again on each call: measured at 1.4 ms per call, more than a small
-    # model's step. The per-step training accuracy is a plain tensor for the same reason, computed
-    # only where Lightning logs it. Neither is a progress-bar metric: Lightning converts those to
-    # Python numbers after every step (.item(): the host waits for the GPU); the progress displays
+    # model's step. The per-step training accuracy is a plain tensor for the same reason; both are
+    # logged only where Lightning writes them. Neither is a progress-bar metric: Lightning converts
+    # those to Python numbers after every step (.item(): the host waits for the GPU); the progress displays
     # read train/loss themselves, at the logging steps.
     # Targets are class indices (N) or class probabilities (N x C: MixUp/CutMix soft targets, which
     # CrossEntropyLoss takes as they are, label smoothing included); accuracy and metrics count the
@@ -100,19 +101,22 @@ class ClassificationTask(Task):
         logits, targets, loss = self._step(batch)
         n = len(targets)
         loss = self.training_loss(batch, logits, loss)  # terms added by callbacks (distillation)
-        self.log("train/loss", loss, batch_size=n)
         if self._logs_this_step():
+            self.log("train/loss", loss, batch_size=n)
             accuracy = (logits.detach().argmax(dim=-1) == class_indices(targets)).float().mean()
             self.log("train/acc", accuracy, on_step=True, on_epoch=False, batch_size=n)
         return loss
 
     def _logs_this_step(self) -> bool:
-        """Whether Lightning logs this training step's values (every trainer.log_every_n_steps)."""
+        """Whether Lightning writes this training step's metrics (every trainer.log_every_n_steps), or
+        the step ends an epoch (callbacks reading callback_metrics there see its loss). Only then are
+        train/loss and train/acc logged: a self.log call costs more host time than a small model's
+        step, for a value no logger would write."""
         try:
-            every = self.trainer.log_every_n_steps
+            trainer = self.trainer
+            return logs_step(trainer, trainer.global_step + 1) or trainer.is_last_batch
         except (RuntimeError, AttributeError):  # not attached to a trainer (a step called directly), or Fabric
             return True
-        return bool(every) and (self.global_step + 1) % every == 0
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         logits, targets, loss = self._step(batch)

@@ -109,3 +109,31 @@ def test_throughput_is_measured_at_logging_steps(tmp_path, flops):
     assert ("train/device/flops_per_sec" in rates[0][1]) == flops
     # the first batch's FLOPs are counted (a forward under a counting mode, ~0.3 s) only when asked for
     assert (task.flops_per_batch is not None) == flops
+
+
+class CountingLogs(L.Callback):
+    """The steps (1-based) whose training_step called self.log, and what Lightning's loggers wrote."""
+
+    def __init__(self):
+        self.logged_at: list[int] = []
+
+    def on_train_start(self, trainer, pl_module):
+        original = pl_module.log
+
+        def log(name, *args, **kwargs):
+            if pl_module.trainer.training and name.startswith("train/"):
+                self.logged_at.append(pl_module.global_step + 1)
+            return original(name, *args, **kwargs)
+
+        pl_module.log = log
+
+
+def test_training_step_logs_only_what_lightning_writes(tmp_path):
+    # 10 batches, a row every 4 steps: self.log at steps 4 and 8 (loss and accuracy) and at the
+    # epoch's last batch (callbacks reading callback_metrics at the epoch end see its loss)
+    counting, recorder = CountingLogs(), Recorder()
+    _, task = tiny_fit(tmp_path, counting, batches=10, logger=recorder)
+    assert counting.logged_at == [4, 4, 8, 8, 10, 10]
+    rows = [(step, sorted(k for k in m if k in ("train/loss", "train/acc"))) for step, m in recorder.rows]
+    assert [r for r in rows if r[1]] == [(3, ["train/acc", "train/loss"]), (7, ["train/acc", "train/loss"])]
+    assert torch.isfinite(task.trainer.callback_metrics["train/loss"])
