@@ -1,9 +1,11 @@
-"""Helpers shared by the benchmarks: composing a lightdist config in-process, writing results."""
+"""Helpers shared by the benchmarks: composing a lightdist config in-process, timing steps and the
+training loader alone, writing results."""
 
 import json
 import os
 import platform
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -80,3 +82,34 @@ def steps_per_second(times: list[float], warmup: int) -> float:
     """Steady-state rate of the end times of steps (step_times): the first `warmup` steps left out."""
     window = times[warmup:]
     return (len(window) - 1) / (window[-1] - window[0])
+
+
+def loader_only(overrides: list[str], steps: int, warmup: int) -> float:
+    """Batches/s of the training loader alone, each batch on the run's device (a no-op copy when it is there)."""
+    import torch
+    from hydra.utils import instantiate
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = compose_resolved(overrides, Path(tmp))
+        device = torch.device("cuda" if cfg.trainer.accelerator == "gpu" else "cpu")
+        dm = instantiate(cfg.data)
+        if getattr(dm, "on_device", False):  # what setup() does under a trainer: the splits go to its device
+            from types import SimpleNamespace
+
+            dm.trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=device), world_size=1, global_rank=0,
+                                         overfit_batches=0)
+        dm.setup("fit")
+        times: list[float] = []
+        epoch = 0
+        while len(times) < steps:
+            loader = dm.train_dataloader()
+            loader.sampler.set_epoch(epoch)
+            for images, labels in loader:
+                images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                times.append(time.perf_counter())
+                if len(times) == steps:
+                    break
+            epoch += 1
+    return steps_per_second(times, warmup)

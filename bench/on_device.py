@@ -18,12 +18,18 @@ import argparse
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import DATA, compose_resolved, step_times, steps_per_second, write_result  # noqa: E402
+from bench.common import (  # noqa: E402
+    DATA,
+    compose_resolved,
+    loader_only,
+    step_times,
+    steps_per_second,
+    write_result,
+)
 
 CPU = ["model=simple_cnn", "model.channels=[8,16]", "model.hidden=64", "data.batch_size=128", "data.train_subset=20000",
        "trainer.limit_val_batches=0",
@@ -39,37 +45,6 @@ def gpu_overrides(root: Path, smoke: bool) -> list[str]:
     return ["+experiment=cifar_resnet", f"data.root={root}", f"data.val_size={20 if smoke else 1000}",
             f"data.batch_size={4 if smoke else 256}", "trainer.devices=1", "strategy=auto",
             "callbacks.throughput=null", *cpu]
-
-
-def loader_only(overrides: list[str], steps: int, warmup: int) -> float:
-    """Batches/s of the training loader alone, each batch on the run's device (a no-op copy when it is there)."""
-    import torch
-    from hydra.utils import instantiate
-
-    with tempfile.TemporaryDirectory() as tmp:
-        cfg = compose_resolved(overrides, Path(tmp))
-        device = torch.device("cuda" if cfg.trainer.accelerator == "gpu" else "cpu")
-        dm = instantiate(cfg.data)
-        if getattr(dm, "on_device", False):  # what setup() does under a trainer: the splits go to its device
-            from types import SimpleNamespace
-
-            dm.trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=device), world_size=1, global_rank=0,
-                                         overfit_batches=0)
-        dm.setup("fit")
-        times: list[float] = []
-        epoch = 0
-        while len(times) < steps:
-            loader = dm.train_dataloader()
-            loader.sampler.set_epoch(epoch)
-            for images, labels in loader:
-                images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
-                times.append(time.perf_counter())
-                if len(times) == steps:
-                    break
-            epoch += 1
-    return steps_per_second(times, warmup)
 
 
 def side_by_side(what: str, measure, overrides: list[str], rounds: int) -> dict:

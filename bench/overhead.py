@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import lightning as L  # noqa: E402
 import torch  # noqa: E402
 
-from bench.common import compose_resolved, step_times, steps_per_second, write_result  # noqa: E402
+from bench.common import compose_resolved, loader_only, step_times, steps_per_second, write_result  # noqa: E402
 
 MODELS = {
     "cnn": ["model=simple_cnn"],
@@ -254,25 +254,6 @@ def gpu_overrides(model: str, root: Path, smoke: bool) -> list[str]:
             "optimizer.lr=0.1", "optimizer.momentum=0.9", "scheduler=cosine", "trainer=gpu",
             "trainer.devices=1", "strategy=auto", "channels_last=true", "matmul_precision=high",
             "callbacks.throughput=null", *cpu]
-
-
-def loader_only(overrides: list[str], steps: int, warmup: int) -> float:
-    """Batches/s of lightdist's training data loader alone, moved to the device."""
-    from hydra.utils import instantiate
-
-    with tempfile.TemporaryDirectory() as tmp:
-        cfg = compose_resolved(overrides, Path(tmp))
-        dm = instantiate(cfg.data)
-        dm.setup("fit")
-        device = "cuda" if cfg.trainer.accelerator == "gpu" else "cpu"
-        times = []
-        while len(times) < steps:
-            for images, labels in dm.train_dataloader():
-                images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-                times.append(time.perf_counter())
-                if len(times) == steps:
-                    break
-    return steps_per_second(times, warmup)
 
 
 def main() -> None:

@@ -30,8 +30,9 @@ from lightdist.compat import precision_plugin_for
 from lightdist.distributed.cluster import cluster_plugins
 from lightdist.distributed.launch import watch_ranks
 from lightdist.distributed.preemption import Preempted
+from lightdist.distributed.ranks import processes_per_node
 from lightdist.distributed.sharding import check_module, needs_consolidated_weights
-from lightdist.distributed.strategy import build_strategy, processes_per_node
+from lightdist.distributed.strategy import build_strategy
 from lightdist.distributed.threads import configure_threads
 from lightdist.loggers import finish_wandb
 from lightdist.runs import build_datamodule, build_task, without_pretrained

@@ -154,7 +154,7 @@ def _log_libraries_to_job_file() -> None:
 
 
 def _world_size(cfg) -> int:
-    from lightdist.distributed.strategy import processes_per_node
+    from lightdist.distributed.ranks import processes_per_node
 
     return processes_per_node(cfg.trainer) * int(cfg.trainer.get("num_nodes", 1))
 
@@ -190,7 +190,7 @@ def _log_to_rank_file(cfg) -> None:
     """This rank's own log in the run directory (named when the rank dies): its library logs and its errors."""
     import logging
 
-    from lightdist.distributed.strategy import processes_per_node
+    from lightdist.distributed.ranks import processes_per_node
 
     rank = int(os.environ.get("NODE_RANK", 0)) * processes_per_node(cfg.trainer) + int(os.environ["LOCAL_RANK"])
     handler = logging.FileHandler(rank_log(cfg.paths.output_dir, rank))

@@ -44,7 +44,7 @@ _folder: Path | None = None
 
 def wanted(cfg: Any, flags: Sequence[str]) -> int:
     """How many processes this node's run will have, when rank 0 should start the others early; else 0."""
-    from lightdist.distributed.ranks import is_rank_zero, launched_externally
+    from lightdist.distributed.ranks import is_rank_zero, launched_externally, processes_per_node
 
     if os.environ.get(SWITCH_ENV, "1") == "0" or cfg is None or "-m" in flags or "--multirun" in flags:
         return 0
@@ -60,7 +60,7 @@ def wanted(cfg: Any, flags: Sequence[str]) -> int:
             word in str(strategy.get("name", "")) for word in ("spawn", "fork"))
         if int(trainer.get("num_nodes", 1) or 1) != 1 or spawns:
             return 0
-        n = _processes_per_node(trainer.get("devices", 1))
+        n = processes_per_node(trainer)
     except Exception:  # an unusual config: Lightning starts the ranks, as without this module
         return 0
     # More ranks than this process has cores is refused by the checks (on CPU) or starves the imports
@@ -73,14 +73,6 @@ def _cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         return os.cpu_count() or 1
-
-
-def _processes_per_node(devices: Any) -> int:
-    """strategy.processes_per_node, without importing Lightning (which that module imports): a count,
-    or a list of devices; anything else ("auto", -1) is left to Lightning."""
-    if isinstance(devices, int) or (isinstance(devices, str) and devices.isdigit()):
-        return int(devices)
-    return len(devices) if hasattr(devices, "__len__") and not isinstance(devices, str) else 1
 
 
 def start(cfg: Any, flags: Sequence[str]) -> None:

@@ -7,6 +7,7 @@ decide whether this process may write the run directory), so it reads them direc
 """
 
 import os
+from typing import Any
 
 _RANK_VARIABLES = ("RANK", "LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK")
 
@@ -36,3 +37,17 @@ def launched_externally() -> bool:
 def is_rank_zero() -> bool:
     # NODE_RANK > 0: the main process of another node, which has no LOCAL_RANK yet.
     return rank_from_env() == 0 and int(os.environ.get("NODE_RANK", "0")) == 0
+
+
+def processes_per_node(trainer_cfg: Any) -> int:
+    """How many ranks this node will run (what CPU threads are divided among), from the trainer
+    config: a device count, or a list of devices; anything else ("auto", -1) counts as one. Kept here,
+    with nothing imported, for the early start of ranks (early_ranks), which must not wait for Lightning."""
+    devices = trainer_cfg.get("devices", 1)
+    if isinstance(devices, int) and devices > 0:
+        return devices
+    if isinstance(devices, str) and devices.isdigit():
+        return int(devices)
+    if hasattr(devices, "__len__") and not isinstance(devices, str):
+        return len(devices)
+    return 1

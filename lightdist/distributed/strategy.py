@@ -145,13 +145,3 @@ def _with_micro_batch(strategy: Any, batch_size: int | None) -> Any:
     return strategy
 
 
-def processes_per_node(trainer_cfg: DictConfig) -> int:
-    """How many ranks this node will run (what CPU threads are divided among)."""
-    devices = trainer_cfg.get("devices", 1)
-    if isinstance(devices, int) and devices > 0:
-        return devices
-    if isinstance(devices, str) and devices.isdigit():
-        return int(devices)
-    if hasattr(devices, "__len__") and not isinstance(devices, str):
-        return len(devices)
-    return 1

@@ -128,7 +128,7 @@ def evaluate(job: DictConfig) -> dict[str, Any] | None:
     """Every rank: rebuild the run, trainer.test on the split; rank 0 writes and returns the report."""
     import lightning as L
 
-    from lightdist.distributed.strategy import processes_per_node
+    from lightdist.distributed.ranks import processes_per_node
     from lightdist.distributed.threads import configure_threads
     from lightdist.evaluation.module import Evaluator, OneSplit, build_eval_trainer
     from lightdist.evaluation.report import write_report
