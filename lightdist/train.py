@@ -26,13 +26,11 @@ from lightdist.callbacks.progress import LogProgress
 from lightdist.callbacks.rng_state import RNGState
 from lightdist.callbacks.timing import StepClock
 from lightdist.checkpoints import AtomicCheckpointIO, load_consolidated, resolve_ckpt_path
-from lightdist.compat import precision_plugin_for
-from lightdist.distributed.cluster import cluster_plugins
 from lightdist.distributed.launch import watch_ranks
 from lightdist.distributed.preemption import Preempted
 from lightdist.distributed.ranks import processes_per_node
 from lightdist.distributed.sharding import check_module, needs_consolidated_weights
-from lightdist.distributed.strategy import build_strategy
+from lightdist.distributed.strategy import build_strategy, trainer_arguments
 from lightdist.distributed.threads import configure_threads
 from lightdist.loggers import finish_wandb
 from lightdist.runs import build_datamodule, build_task, without_pretrained
@@ -95,13 +93,10 @@ def build_trainer(cfg: DictConfig, run_dir: Path) -> L.Trainer:
     loggers = build_loggers(cfg)
     strategy = build_strategy(cfg.get("strategy"), cfg.trainer, (cfg.get("data") or {}).get("batch_size"),
                               timeout_s=(cfg.get("distributed") or {}).get("timeout_s"), compile=cfg.get("compile"))
-    precision = precision_plugin_for(strategy, cfg.trainer.get("precision"))  # 64-true under fsdp2
     return instantiate(
         cfg.trainer,
         # AtomicCheckpointIO: a process killed while writing a checkpoint leaves the previous one whole
-        plugins=[*cluster_plugins(cfg), AtomicCheckpointIO(), *([precision] if precision else [])],
-        strategy=strategy,
-        **({"precision": None} if precision else {}),
+        **trainer_arguments(cfg, strategy, AtomicCheckpointIO()),
         callbacks=build_callbacks(cfg, has_logger=bool(loggers)),
         logger=loggers if loggers else False,
         default_root_dir=str(run_dir),

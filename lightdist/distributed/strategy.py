@@ -11,8 +11,9 @@ from hydra.utils import get_object, instantiate
 from lightning.pytorch.strategies import DDPStrategy as LightningDDPStrategy
 from omegaconf import DictConfig, OmegaConf
 
-from lightdist.compat import EndSpawnedRanks, run_exit_handlers
+from lightdist.compat import EndSpawnedRanks, precision_plugin_for, run_exit_handlers
 from lightdist.config.validate import signature_of
+from lightdist.distributed.cluster import cluster_plugins
 from lightdist.errors import ConfigError
 
 RELEASE_TIMEOUT_S = 10.0
@@ -145,3 +146,10 @@ def _with_micro_batch(strategy: Any, batch_size: int | None) -> Any:
     return strategy
 
 
+def trainer_arguments(cfg: DictConfig, strategy: Any, *plugins: Any) -> dict[str, Any]:
+    """What a Trainer made from cfg.trainer takes besides it, for training and evaluation alike: the
+    strategy, the cluster's plugins and `plugins`, and the precision as a plugin where Lightning
+    refuses it as a flag (64-true under fsdp2; the flag is then left unset)."""
+    precision = precision_plugin_for(strategy, cfg.trainer.get("precision"))
+    every = [*cluster_plugins(cfg), *plugins, *([precision] if precision else [])]
+    return {"strategy": strategy, "plugins": every or None, **({"precision": None} if precision else {})}

@@ -100,17 +100,12 @@ def build_eval_trainer(cfg: DictConfig, folder: Path) -> L.Trainer:
     no loggers, no checkpoints, no callbacks, and always the whole split."""
     from hydra.utils import instantiate
 
-    from lightdist.compat import precision_plugin_for
-    from lightdist.distributed.cluster import cluster_plugins
-    from lightdist.distributed.strategy import build_strategy
+    from lightdist.distributed.strategy import build_strategy, trainer_arguments
 
     strategy = build_strategy(cfg.get("strategy"), cfg.trainer, timeout_s=(cfg.get("distributed") or {}).get("timeout_s"))
-    precision = precision_plugin_for(strategy, cfg.trainer.get("precision"))  # 64-true under fsdp2
     return instantiate(
         cfg.trainer,
-        plugins=[*cluster_plugins(cfg), *([precision] if precision else [])] or None,
-        strategy=strategy,
-        **({"precision": None} if precision else {}),
+        **trainer_arguments(cfg, strategy),
         callbacks=[],
         logger=False,
         enable_checkpointing=False,
