@@ -19,7 +19,6 @@ import lightning as L
 import torch
 from torch import nn
 
-from lightdist.config.validate import strategy_family
 from lightdist.errors import ConfigError
 
 
@@ -63,16 +62,7 @@ class ModelOptions(L.Callback):
 
 
 def model_options(cfg: Any) -> list[L.Callback]:
-    """The callback for the config's top-level `channels_last` and `compile` keys (none when both are off)."""
+    """The callback for the config's top-level `channels_last` and `compile` keys (none when both are off).
+    What compile cannot do under a strategy is refused before the run, by check_compile (the preflight)."""
     channels_last, compile = bool(cfg.get("channels_last")), cfg.get("compile") or False
-    if compile and strategy_family(cfg.get("strategy")) == "fsdp":
-        # measured: dynamo fails on FSDP1's flat parameters in the first backward (torch 2.14)
-        raise ConfigError("compile does not work with strategy=fsdp (FSDP1)",
-                          hint="use strategy=fsdp2, which compiles each block and then shards it, or compile=false")
-    bucket_cap_mb = (cfg.get("strategy") or {}).get("bucket_cap_mb")
-    if compile and bucket_cap_mb is not None and bucket_cap_mb < 1:
-        # torch._dynamo's DDP optimizer keeps DDP's first bucket (1 MiB) and refuses smaller caps
-        raise ConfigError(f"compile under DDP needs strategy.bucket_cap_mb >= 1, not {bucket_cap_mb}: the compiled "
-                          "graph is split at DDP's buckets, the first of which is 1 MiB",
-                          hint="set strategy.bucket_cap_mb=1 or more, or compile=false")
     return [ModelOptions(channels_last, compile)] if channels_last or compile else []

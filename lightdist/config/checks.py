@@ -36,6 +36,7 @@ def check_config(cfg, run_dir: Path | None = None, allocation: dict | None = Non
     check_precision(cfg.trainer, cfg.get("strategy"))
     check_clipping(cfg.trainer, cfg.get("strategy"))
     check_replicas(cfg.trainer, cfg.get("strategy"))
+    check_compile(cfg.get("compile"), cfg.get("strategy"))
     resolve_ckpt_path(cfg.get("ckpt_path"), run_dir or planned_run_dir(cfg))
 
 
@@ -48,6 +49,24 @@ def check_clipping(trainer, strategy) -> None:
         raise ConfigError(f"trainer.gradient_clip_val={trainer.gradient_clip_val} clips by norm, which Lightning's "
                           "FSDP does not support", hint="set trainer.gradient_clip_val=null (or "
                           "trainer.gradient_clip_algorithm=value) with strategy=fsdp")
+
+
+def check_compile(compile, strategy) -> None:
+    """What torch.compile cannot do under a strategy (compile=true or a backend's name)."""
+    from lightdist.config.validate import strategy_family
+
+    if not compile:
+        return
+    if strategy_family(strategy) == "fsdp":
+        # measured: dynamo fails on FSDP1's flat parameters in the first backward (torch 2.14)
+        raise ConfigError("compile does not work with strategy=fsdp (FSDP1)",
+                          hint="use strategy=fsdp2, which compiles each block and then shards it, or compile=false")
+    bucket_cap_mb = (strategy or {}).get("bucket_cap_mb")
+    if bucket_cap_mb is not None and bucket_cap_mb < 1:
+        # torch._dynamo's DDP optimizer keeps DDP's first bucket (1 MiB) and refuses smaller caps
+        raise ConfigError(f"compile under DDP needs strategy.bucket_cap_mb >= 1, not {bucket_cap_mb}: the compiled "
+                          "graph is split at DDP's buckets, the first of which is 1 MiB",
+                          hint="set strategy.bucket_cap_mb=1 or more, or compile=false")
 
 
 def check_replicas(trainer, strategy) -> None:

@@ -25,6 +25,7 @@ from torch import nn
 
 from lightdist.callbacks.model_options import ModelOptions, model_options
 from lightdist.checkpoints import load_consolidated
+from lightdist.config.checks import check_compile
 from lightdist.errors import ConfigError
 from lightdist.tasks.classification import ClassificationTask
 from tests.distributed.test_strategies import train_losses
@@ -161,7 +162,7 @@ def test_only_the_model_is_compiled_not_the_optimizer_step():
     assert not any(word in t for t in targets for word in ("sgd", "foreach", "add_", "cross_entropy"))
 
 
-def test_what_compile_cannot_do_is_refused():
+def test_what_compile_cannot_do_is_refused(workdir):
     """DDP buckets under 1 MiB (torch's DDP optimizer refuses them) and FSDP1 (dynamo fails on its
     flat parameters): one line each, naming the fix."""
     from omegaconf import OmegaConf
@@ -169,6 +170,10 @@ def test_what_compile_cannot_do_is_refused():
     fsdp1 = {"_target_": "lightdist.distributed.sharding.fsdp"}
     for strategy, fix in [({"bucket_cap_mb": 0.5}, "bucket_cap_mb=1"), (fsdp1, "strategy=fsdp2")]:
         with pytest.raises(ConfigError, match=fix):
-            model_options(OmegaConf.create({"compile": True, "strategy": strategy}))
-        assert model_options(OmegaConf.create({"compile": False, "strategy": strategy})) == []
+            check_compile(True, OmegaConf.create(strategy))
+        check_compile(False, OmegaConf.create(strategy))
+    check_compile("inductor", OmegaConf.create({"bucket_cap_mb": 1}))
     assert len(model_options(OmegaConf.create({"compile": True, "strategy": {"bucket_cap_mb": 1}}))) == 1
+    # through the CLI: refused before any run directory exists
+    proc = run_cli(["compile=true", "strategy=fsdp", *QUIET], cwd=workdir, check=False)
+    assert proc.returncode == 2 and "strategy=fsdp2" in proc.stderr and not (workdir / "outputs").exists()
