@@ -10,13 +10,15 @@ ProgressBar it is what Lightning disables on ranks > 0 and with enable_progress_
 
 Printing a value of a device tensor makes the host wait for the GPU: the metrics are read at the
 logging steps (trainer.log_every_n_steps, where Lightning reads them anyway) and for lines due
-by step count; a line due by time at another step repeats the values read last. RichProgress
+by step count, train/loss being the loss of the step the line ends; a line due by time at another
+step repeats the values read last. RichProgress
 (the live bar) likewise shows train/loss as of the last logging step.
 """
 
 import math
 import sys
 import time
+from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
 
@@ -66,7 +68,7 @@ class LogProgress(ProgressBar):
         by_steps = bool(self.every_n_steps) and step - self._last_step >= self.every_n_steps
         if by_steps or (self.every_n_seconds and now - self._last_at >= self.every_n_seconds):
             if by_steps or logging_step(trainer):
-                self._metrics = train_metrics(self, trainer, pl_module)
+                self._metrics = train_metrics(self, trainer, pl_module, step_loss=_step_loss(outputs, trainer))
             self._emit(self._train_line(trainer, now))
             self._last_at, self._last_step, self._samples = now, step, 0
 
@@ -116,11 +118,21 @@ def logging_step(trainer: L.Trainer) -> bool:
     return logs_step(trainer, trainer.global_step)
 
 
-def train_metrics(bar: Any, trainer: L.Trainer, pl_module: L.LightningModule,
-                  keep_v_num: bool = False) -> dict[str, Any]:
-    """The bar's metrics with train/loss first, read now as Python numbers."""
+def _step_loss(outputs: Any, trainer: L.Trainer) -> torch.Tensor | None:
+    """The training loss of the step that just ended, from what its training_step returned (the tasks
+    log train/loss only at the logging steps). Lightning hands the callbacks that loss divided by
+    accumulate_grad_batches (what it back-propagates)."""
+    loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
+    if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+        return None
+    return loss.detach() * trainer.accumulate_grad_batches
+
+
+def train_metrics(bar: Any, trainer: L.Trainer, pl_module: L.LightningModule, keep_v_num: bool = False,
+                  step_loss: torch.Tensor | None = None) -> dict[str, Any]:
+    """The bar's metrics with train/loss first (`step_loss`, else as last logged), read now as Python numbers."""
     metrics = {k: v for k, v in bar.get_metrics(trainer, pl_module).items() if keep_v_num or k != "v_num"}
-    loss = trainer.callback_metrics.get("train/loss")
+    loss = step_loss if step_loss is not None else trainer.callback_metrics.get("train/loss")
     if "train/loss" not in metrics and loss is not None:  # logged, not as a progress-bar metric
         metrics = {"train/loss": loss, **metrics}
     return {k: _number(v) for k, v in metrics.items()}
