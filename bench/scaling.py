@@ -52,11 +52,11 @@ VARIANTS = {
     "bf16": ["strategy.comm_hook=bf16"],
     "fp16": ["strategy.comm_hook=fp16"],
     "powersgd": ["strategy.comm_hook=powersgd", "strategy.powersgd_start_step=10"],
-    # not DDP options, but collectives every step: the BatchNorm buffers' broadcast before each
-    # forward, and the ranks agreeing on a preemption signal before each step
-    "no_broadcast_buffers": ["+strategy.broadcast_buffers=false"],
+    # collectives every step: the BatchNorm buffers' broadcast before each forward (torch's default,
+    # lightdist's before it copied them only before evaluations), and the ranks agreeing on a
+    # preemption signal before each step
+    "broadcast_buffers": ["strategy.broadcast_buffers=true"],
     "preemption_check_20": ["preemption.check_every_n_steps=20"],
-    "both_of_these": ["+strategy.broadcast_buffers=false", "preemption.check_every_n_steps=20"],
 }
 
 

@@ -7,6 +7,7 @@ import sys
 from datetime import timedelta
 from typing import Any, NoReturn
 
+import torch
 from hydra.utils import get_object, instantiate
 from lightning.pytorch.strategies import DDPStrategy as LightningDDPStrategy
 from omegaconf import DictConfig, OmegaConf
@@ -93,6 +94,41 @@ class DDPStrategy(EndSpawnedRanks, LightningDDPStrategy):
         # Lightning registers the hook on CUDA only; torch's hooks run on gloo as well (CPU ranks).
         if self.comm_hook and self.root_device.type != "cuda":
             self.model.register_comm_hook(state=self.comm_hook["ddp_comm_state"], hook=self.comm_hook["ddp_comm_hook"])
+
+    # broadcast_buffers=false (lightdist's default): DDP no longer copies rank 0's buffers (BatchNorm's
+    # running statistics) to every rank before each training forward, a collective that waits for
+    # every rank at each step. Training does not read them (BatchNorm normalises with the batch's own
+    # statistics), and rank 0's buffers, which the checkpoints hold, are the same either way (a
+    # broadcast from rank 0 never changes rank 0's); they are copied to the other ranks here, before
+    # anything reads them: every validation, test and prediction, where each rank evaluates its shard.
+    def on_validation_start(self) -> None:
+        super().on_validation_start()
+        self._buffers_from_rank_zero()
+
+    def on_test_start(self) -> None:
+        super().on_test_start()
+        self._buffers_from_rank_zero()
+
+    def on_predict_start(self) -> None:
+        super().on_predict_start()
+        self._buffers_from_rank_zero()
+
+    def _buffers_from_rank_zero(self) -> None:
+        if self._ddp_kwargs.get("broadcast_buffers", True) or self.world_size < 2 or self.lightning_module is None:
+            return
+        broadcast_from_rank_zero(list(self.lightning_module.buffers()))
+
+
+def broadcast_from_rank_zero(tensors: list[torch.Tensor]) -> None:
+    """Rank 0's values of `tensors` on every rank: one broadcast per dtype and device (flattened)."""
+    groups: dict[tuple, list[torch.Tensor]] = {}
+    for t in tensors:
+        groups.setdefault((t.dtype, t.device), []).append(t)
+    for group in groups.values():
+        flat = torch.cat([t.detach().reshape(-1) for t in group])
+        torch.distributed.broadcast(flat, src=0)
+        for t, value in zip(group, flat.split([t.numel() for t in group])):
+            t.data.copy_(value.view_as(t))
 
 
 def build_strategy(cfg: DictConfig | None, trainer: DictConfig, batch_size: int | None = None,

@@ -5,6 +5,7 @@ so the only difference between two runs is what the options change in the gradie
 """
 
 import csv
+import json
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ from omegaconf import OmegaConf
 
 from lightdist.distributed.comm_hooks import check_strategy_comm_hook
 from lightdist.errors import ConfigError
-from tests.helpers.cli import QUIET, run_cli, run_dirs
+from tests.helpers.cli import QUIET, REPO, cli_env, run_cli, run_dirs
 
 STEPS = 6
 COMMON = ["trainer=cpu_ddp", "strategy=ddp", "trainer.precision=64-true", "model.norm=group", "model.dropout=0.0",
@@ -89,3 +90,19 @@ def test_refusal_is_one_line(tmp_path):
     assert proc.stderr.strip().splitlines() == [
         "lightdist: error: strategy.comm_hook=bf16 is a DDP communication hook; strategy fsdp has none "
         "(strategy.comm_hook=null, or strategy=ddp)"]
+
+
+def test_batchnorm_statistics_are_not_broadcast_each_step_but_before_each_validation(tmp_path):
+    """broadcast_buffers=false (the default): during training each rank's BatchNorm statistics follow
+    its own batches (no collective before each forward); every validation starts from rank 0's on
+    every rank, so the ranks evaluate their shards with one model, the one the checkpoints hold."""
+    probe = tmp_path / "buffers"
+    run_cli(["trainer=cpu_ddp", "strategy=ddp", "trainer.precision=64-true", "model.norm=batch",
+             "model.channels=[8,16]", "model.hidden=64", "data.train_subset=256", "data.val_subset=64",
+             "data.batch_size=32", "trainer.max_epochs=2", "trainer.num_sanity_val_steps=0", "test_after_fit=false",
+             "+callbacks.buffers._target_=tests.helpers.buffer_probe.BufferDigests", f"+callbacks.buffers.path={probe}",
+             *QUIET], cwd=tmp_path, env=cli_env(PYTHONPATH=str(REPO)))
+    ranks = [json.loads(Path(f"{probe}.{rank}").read_text()) for rank in (0, 1)]
+    assert len(ranks[0]["train"]) == 8 and len(ranks[0]["validation"]) == 2
+    assert all(a != b for a, b in zip(ranks[0]["train"], ranks[1]["train"]))  # their own batches' statistics
+    assert ranks[0]["validation"] == ranks[1]["validation"]
