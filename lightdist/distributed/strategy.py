@@ -84,6 +84,7 @@ class DDPStrategy(EndSpawnedRanks, LightningDDPStrategy):
         hook = comm_hook_arguments(comm_hook, powersgd_rank, powersgd_start_step)
         super().__init__(*args, **hook, **kwargs)
         self.comm_hook = hook
+        self.broadcast_buffers = kwargs.get("broadcast_buffers", True)  # DistributedDataParallel's default
 
     def setup_environment(self) -> None:
         super().setup_environment()
@@ -114,7 +115,7 @@ class DDPStrategy(EndSpawnedRanks, LightningDDPStrategy):
         self._buffers_from_rank_zero()
 
     def _buffers_from_rank_zero(self) -> None:
-        if self._ddp_kwargs.get("broadcast_buffers", True) or self.world_size < 2 or self.lightning_module is None:
+        if self.broadcast_buffers or self.world_size < 2 or self.lightning_module is None:
             return
         broadcast_from_rank_zero(list(self.lightning_module.buffers()))
 
