@@ -51,6 +51,9 @@ class PreemptionHandler(L.Callback):
         # the training loaders' states where the next check may save (see on_train_batch_end)
         self._loader_states: list[dict[str, Any]] = []
         self._restore_broadcast: Callable[[], None] = _nothing
+        # the flag taken at the end of the step before a check, read at the check: (the all-reduce's
+        # work, or None for one process; the flag)
+        self._pending: tuple[Any, torch.Tensor] | None = None
 
     @classmethod
     def from_config(cls, node: Any) -> "PreemptionHandler":
@@ -86,6 +89,9 @@ class PreemptionHandler(L.Callback):
         replace_train_loader_states(checkpoint, self._loader_states)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._pending is not None and self._pending[0] is not None:
+            self._pending[0].wait()  # started after the last step: every rank started it, every rank ends it
+        self._pending = None
         # Back to Lightning's handlers for testing: a SIGTERM after training stops the job as before.
         for signum, previous in self._previous.items():
             signal.signal(signum, previous)
@@ -93,11 +99,31 @@ class PreemptionHandler(L.Callback):
         self._restore_broadcast()
         self._restore_broadcast = _nothing
 
-    def _anyone_signalled(self, trainer: L.Trainer) -> bool:
-        if trainer.world_size == 1 or not dist.is_initialized():
-            return self.signalled is not None
-        flag = torch.tensor([int(self.signalled or 0)], dtype=torch.int32)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self._group)
+    def _start_agreement(self, trainer: L.Trainer) -> None:
+        """At the end of the step before a check: what the check will decide on. Several ranks start
+        an all-reduce of their flags without waiting for it (it runs while Lightning fetches the next
+        batch, so a check has no blocking collective of its own); one process reads its own flag. The
+        training loaders' states are kept for the checkpoint (see on_save_checkpoint): by every rank,
+        whose states a save may need, but by a single process only when it will save."""
+        if trainer.world_size > 1 and dist.is_initialized():
+            self._loader_states = train_loader_states(trainer)
+            flag = torch.tensor([int(self.signalled or 0)], dtype=torch.int32)
+            self._pending = (dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self._group, async_op=True), flag)
+        elif self.signalled is not None:
+            self._loader_states = train_loader_states(trainer)
+            self._pending = (None, torch.ones(1))
+
+    def _anyone_signalled(self) -> bool:
+        """The flag started at the end of the previous step; none after a resume's first batch (no
+        step before it started one): the next check decides. Only the agreed flag counts, never this
+        rank's own: a signal that came after the agreement started is seen by the next check, on
+        every rank at once."""
+        if self._pending is None:
+            return False
+        work, flag = self._pending
+        self._pending = None
+        if work is not None:
+            work.wait()
         return bool(flag.item())
 
     def _checks_at(self, trainer: L.Trainer, batch_idx: int) -> bool:
@@ -109,8 +135,13 @@ class PreemptionHandler(L.Callback):
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        if not self.preempted and self._checks_at(trainer, batch_idx + 1):
-            self._loader_states = train_loader_states(trainer)
+        if self.preempted:
+            return
+        # After the callbacks before this one (a signal they raise in this hook is still seen).
+        # The next batch is this epoch's next or the next epoch's first; the same on every rank.
+        following = batch_idx + 1 if batch_idx + 1 < trainer.num_training_batches else 0
+        if self._checks_at(trainer, following):
+            self._start_agreement(trainer)
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
                              batch_idx: int) -> None:
@@ -124,7 +155,7 @@ class PreemptionHandler(L.Callback):
         # window (it asks with the saved batch progress, which counts this batch as fetched)
         self._advanced_on_restart = ((batch_idx + 1) % trainer.accumulate_grad_batches == 0
                                      or batch_idx + 1 >= trainer.num_training_batches)
-        if not self._anyone_signalled(trainer):
+        if not self._anyone_signalled():
             return
         self.preempted = True
         path = Path(trainer.default_root_dir) / "checkpoints" / PREEMPTED_CHECKPOINT
