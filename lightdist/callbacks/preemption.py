@@ -54,6 +54,7 @@ class PreemptionHandler(L.Callback):
         # the flag taken at the end of the step before a check, read at the check: (the all-reduce's
         # work, or None for one process; the flag)
         self._pending: tuple[Any, torch.Tensor] | None = None
+        self._takes_flag: bool | None = None  # decided at this step's end (takes_flag_after)
 
     @classmethod
     def from_config(cls, node: Any) -> "PreemptionHandler":
@@ -102,15 +103,13 @@ class PreemptionHandler(L.Callback):
     def _start_agreement(self, trainer: L.Trainer) -> None:
         """At the end of the step before a check: what the check will decide on. Several ranks start
         an all-reduce of their flags without waiting for it (it runs while Lightning fetches the next
-        batch, so a check has no blocking collective of its own); one process reads its own flag. The
-        training loaders' states are kept for the checkpoint (see on_save_checkpoint): by every rank,
-        whose states a save may need, but by a single process only when it will save."""
+        batch, so a check has no blocking collective of its own); a signalled single process raises
+        its own. The training loaders' states are kept for the checkpoint (see on_save_checkpoint)."""
+        self._loader_states = train_loader_states(trainer)
         if trainer.world_size > 1 and dist.is_initialized():
-            self._loader_states = train_loader_states(trainer)
             flag = torch.tensor([int(self.signalled or 0)], dtype=torch.int32)
             self._pending = (dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self._group, async_op=True), flag)
-        elif self.signalled is not None:
-            self._loader_states = train_loader_states(trainer)
+        else:
             self._pending = (None, torch.ones(1))
 
     def _anyone_signalled(self) -> bool:
@@ -135,16 +134,24 @@ class PreemptionHandler(L.Callback):
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        if self.preempted:
-            return
-        # After the callbacks before this one (a signal they raise in this hook is still seen).
-        # The next batch is this epoch's next or the next epoch's first; the same on every rank.
-        following = batch_idx + 1 if batch_idx + 1 < trainer.num_training_batches else 0
-        if self._checks_at(trainer, following):
+        if self.takes_flag_after(trainer, batch_idx):
             self._start_agreement(trainer)
+
+    def takes_flag_after(self, trainer: L.Trainer, batch_idx: int) -> bool:
+        """Whether the flag is taken at the end of batch `batch_idx`, so that the check before the next
+        batch may save: at every check for several ranks (their flags are agreed on), for one process
+        only when it was signalled. Decided once per step end by whoever asks first (this handler, or
+        RNGState, which then keeps the generators' state for the save), so that both see one answer."""
+        if self._takes_flag is None:
+            # The next batch is this epoch's next or the next epoch's first; the same on every rank.
+            following = batch_idx + 1 if batch_idx + 1 < trainer.num_training_batches else 0
+            self._takes_flag = (not self.preempted and self._checks_at(trainer, following)
+                                and (trainer.world_size > 1 or self.signalled is not None))
+        return self._takes_flag
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
                              batch_idx: int) -> None:
+        self._takes_flag = None
         # Between steps: the previous step is complete and logged, the next not begun, so the
         # checkpoint and the metrics file end at the same step.
         if self.preempted or not self._checks_at(trainer, batch_idx):

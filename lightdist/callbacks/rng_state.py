@@ -9,9 +9,11 @@ loaded with weights_only=True.
 Which state: a batch is transferred to the device, and augmented there, before the callbacks'
 on_train_batch_start, where the preemption checkpoint is taken; that batch is fetched and
 augmented again by the resumed run. So a checkpoint taken while a batch is in flight holds the
-state from before its transfer: the state kept at the last point between batches (a step's end,
-a validation's end, an epoch's start). Restored at on_train_start: after what a resumed run does
-first and the interrupted one did not (a sanity check), before its first batch.
+state from before its transfer: the state kept at the last point between batches (a validation's
+end, an epoch's start, and the end of each step after which the preemption handler may save: a
+snapshot costs ~35 us, numpy's state most of it, too much for every step of a small model).
+Restored at on_train_start: after what a resumed run does first and the interrupted one did not
+(a sanity check), before its first batch.
 """
 
 import random
@@ -21,6 +23,7 @@ import lightning as L
 import numpy as np
 import torch
 
+from lightdist.callbacks.preemption import PreemptionHandler
 from lightdist.distributed.rank_states import gather, own
 
 
@@ -65,6 +68,7 @@ class RNGState(L.Callback):
     def __init__(self) -> None:
         self._pending: dict[str, Any] | None = None  # loaded, not yet restored
         self._between_batches: tuple | None = None  # a snapshot()
+        self._preemption: PreemptionHandler | None = None
         self._in_batch = False
 
     def _now(self) -> dict[str, Any]:
@@ -72,7 +76,7 @@ class RNGState(L.Callback):
             return self._pending
         if self._in_batch and self._between_batches is not None:
             return saved(self._between_batches)
-        return collect()
+        return collect()  # between batches; or in one with no snapshot kept, where nothing of lightdist saves
 
     def state_dict(self) -> dict[str, Any]:
         # Lightning builds the checkpoint on every rank: gather is a collective, every rank is here.
@@ -82,14 +86,15 @@ class RNGState(L.Callback):
         self._pending = own(state_dict.get("ranks"), "the random generators' state")
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._preemption = next((c for c in trainer.callbacks if isinstance(c, PreemptionHandler)), None)
         if self._pending is not None:
             restore(self._pending)
             self._pending = None
         self._between()  # a resumed mid-epoch run has no epoch start before its first batch
 
-    def _between(self) -> None:
+    def _between(self, keep: bool = True) -> None:
         self._in_batch = False
-        self._between_batches = snapshot()
+        self._between_batches = snapshot() if keep else None
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._between()
@@ -97,8 +102,9 @@ class RNGState(L.Callback):
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
         self._in_batch = True
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
-        self._between()
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        self._between(keep=self._preemption is not None and self._preemption.takes_flag_after(trainer, batch_idx))
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._between()  # a validation within an epoch may draw (its loader's seed) before the next batch

@@ -12,6 +12,7 @@ import pytest
 import torch.distributed as dist
 
 import lightdist.callbacks.preemption as preemption
+from lightdist.callbacks.rng_state import RNGState
 from lightdist.distributed.preemption import PREEMPTED_CHECKPOINT, Preempted
 
 
@@ -129,3 +130,26 @@ def test_one_process_keeps_the_loaders_states_only_for_a_save(gloo_group, tmp_pa
         except Preempted:
             pass
         assert len(kept) == reads, (world_size, signal_at)
+
+
+def test_the_generators_state_is_kept_at_a_step_end_only_where_a_save_may_follow(tmp_path, monkeypatch):
+    """RNGState keeps the state of between the batches for a checkpoint taken while one is in flight
+    (the preemption save); a snapshot costs ~35 us, so only at the step ends where the handler took
+    its flag: one process, only once signalled; it asks the handler, which decides once per step."""
+    monkeypatch.setattr(preemption, "train_loader_states", lambda trainer: [])
+    trainer = fake_trainer(tmp_path, [], world_size=1)
+    handler, rng = preemption.PreemptionHandler(), RNGState()
+    trainer.callbacks = [rng, handler]  # RNGState asks first: before the handler in build_callbacks
+    rng._preemption = handler
+    kept = []
+    for batch_idx, signalled in [(0, False), (1, False), (2, True), (3, True)]:
+        handler.on_train_batch_start(trainer, None, None, batch_idx)
+        rng.on_train_batch_start(trainer, None)
+        trainer.global_step += batch_idx % 2
+        handler.signalled = signal.SIGUSR1 if signalled else None
+        rng.on_train_batch_end(trainer, None, None, None, batch_idx)
+        handler.on_train_batch_end(trainer, None, None, None, batch_idx)
+        kept.append(rng._between_batches is not None)
+    # checks before batches 2 and 4 (windows of 2): batch 1's end precedes one, unsignalled; batch
+    # 2's was signalled, but no check follows it; batch 3's both
+    assert kept == [False, False, False, True]
