@@ -3,8 +3,8 @@
 Lightning's EarlyStopping(check_finite=True) looks only at a validation-time metric, once per
 validation, and stops through `trainer.should_stop`: the loop then still runs validation and
 ModelCheckpoint writes last.ckpt with the broken weights. Here the training loss (the `outputs`
-of each step) and the gradient norm (before the optimizer step) of every step are checked, and
-the weights and buffers before each checkpoint; the ranks agree on the verdict (one all-reduce),
+of each step) of every step is checked, with check_grad_norm also the gradient norm (before the
+optimizer step), and the weights and buffers before each checkpoint; the ranks agree on the verdict (one all-reduce),
 and every rank raises `Diverged` at the same step, from hooks that run before the checkpoint
 callbacks' own (Lightning orders those last), or while a checkpoint is being built (any other
 save: every N steps, preemption), before it is written. Checkpoints already written keep the
@@ -47,7 +47,7 @@ class DivergenceGuard(L.Callback):
     (null: every trainer.log_every_n_steps).
     """
 
-    def __init__(self, patience: int = 1, check_grad_norm: bool = True, check_every_n_steps: int | None = None):
+    def __init__(self, patience: int = 1, check_grad_norm: bool = False, check_every_n_steps: int | None = None):
         if patience < 1:
             raise ValueError("callbacks.divergence.patience must be at least 1")
         if check_every_n_steps is not None and check_every_n_steps < 1:

@@ -112,7 +112,7 @@ def test_non_finite_buffers_with_a_finite_loss_stop_before_the_checkpoint(tmp_pa
 
 def test_gradient_norm_is_checked_before_the_loss_shows_it(tmp_path):
     with pytest.raises(Diverged) as caught:
-        fit(Breaking(bad_steps=[1], how="grad"), tmp_path, DivergenceGuard())
+        fit(Breaking(bad_steps=[1], how="grad"), tmp_path, DivergenceGuard(check_grad_norm=True))
     assert (caught.value.step, caught.value.metric) == (2, "grad_norm")
     # without the gradient check the NaN weights show up in the next step's loss
     with pytest.raises(Diverged) as caught:
