@@ -1,8 +1,11 @@
 """Samplers that Lightning or torch do not offer as public API."""
 
+import collections
 import itertools
 import logging
-from collections.abc import Iterable, Iterator
+import operator
+from collections.abc import Callable, Iterator
+from functools import partial
 from typing import Any
 
 from torch.utils.data import DistributedSampler
@@ -20,12 +23,19 @@ class ResumablePosition:
     keeps the position without the epoch, so it would skip samples of the next epoch.
     """
 
-    yielded = 0
     _resume_at: tuple[int, int, int] | None = None
+    _taking: Iterator | None = None  # this epoch's list iterator, items are taken from
+    _total = 0  # its length at the epoch's start
+
+    @property
+    def yielded(self) -> int:
+        """Items of this epoch's order taken (those skipped on a resume included), read off the list
+        iterator's length hint: taking an item runs no Python."""
+        return 0 if self._taking is None else self._total - operator.length_hint(self._taking)
 
     def set_epoch(self, epoch: int) -> None:
         if epoch != self.epoch:
-            self.yielded = 0
+            self._taking = None
         super().set_epoch(epoch)  # type: ignore[misc]
 
     def state_dict(self) -> dict[str, int]:
@@ -43,19 +53,25 @@ class ResumablePosition:
                         f"{self.num_replicas}: the interrupted epoch starts again from its beginning")  # type: ignore[attr-defined]
         return 0
 
-    def _resumed(self, items: Iterable) -> Iterator:
-        """Call inside a generator __iter__: its body runs at the first next(), after Lightning's
-        set_epoch (Lightning creates the iterator before it sets a resumed run's epoch)."""
+    def _resumed(self, order: Callable[[], Iterator], wrap: Callable[[Iterator], Iterator] | None = None) -> Iterator:
+        """The items of `order()` (a list iterator) from where a resumed epoch stopped, through `wrap`.
+        Only itertools between the list and the loader: a step of a small model feels each Python
+        call per sample, and torchdata's batch sampler already makes two."""
+        return itertools.chain.from_iterable(self._epoch(order, wrap))
+
+    def _epoch(self, order: Callable[[], Iterator], wrap: Callable[[Iterator], Iterator] | None) -> Iterator:
+        # a generator: its body runs at the first next(), after Lightning's set_epoch (Lightning creates
+        # the iterator before it sets a resumed run's epoch)
         start = 0
         if self._resume_at is not None:
             epoch, done, replicas = self._resume_at
             self._resume_at = None
             if epoch == self.epoch:
                 start = done if replicas == self.num_replicas else self._position_from(done, replicas)  # type: ignore[attr-defined]
-        self.yielded = start
-        for item in itertools.islice(items, start, None):
-            self.yielded += 1
-            yield item
+        items = order()
+        self._taking, self._total = items, operator.length_hint(items)
+        collections.deque(itertools.islice(items, start), maxlen=0)  # what the interrupted run took
+        yield items if wrap is None else wrap(items)
 
 
 class ResumableDistributedSampler(ResumablePosition, DistributedSampler):
@@ -76,12 +92,9 @@ class ResumableDistributedSampler(ResumablePosition, DistributedSampler):
         return taken // self.num_replicas if taken % self.num_replicas == 0 else super()._position_from(done, replicas)
 
     def __iter__(self):
-        # a generator: the permutation is drawn at the first next(), after set_epoch; per item only
-        # _resumed's count runs in Python (a step of a small model feels each Python call per sample)
-        indices = DistributedSampler.__iter__(self)
-        if self.with_epoch:
-            indices = zip(itertools.repeat(self.epoch), indices)
-        yield from self._resumed(indices)
+        # DistributedSampler's order is drawn at the first next(), after set_epoch
+        return self._resumed(partial(DistributedSampler.__iter__, self),
+                             (lambda items: zip(itertools.repeat(self.epoch), items)) if self.with_epoch else None)
 
 
 class UnpaddedDistributedSampler(DistributedSampler):
@@ -168,13 +181,11 @@ class BucketBatchSampler(ResumablePosition, DistributedSampler):
         return batches
 
     def _mine(self) -> Iterator[list[int]]:
-        for batch in self._global_batches():
-            mine = batch[self.rank :: self.num_replicas]
-            if len(mine):
-                yield mine.tolist()
+        mine = (batch[self.rank :: self.num_replicas] for batch in self._global_batches())
+        return iter([m.tolist() for m in mine if len(m)])
 
     def __iter__(self):
-        yield from self._resumed(self._mine())  # position restored by a StatefulDataLoader (ResumablePosition)
+        return self._resumed(self._mine)  # position restored by a StatefulDataLoader (ResumablePosition)
 
     def __len__(self) -> int:
         n, per_step = len(self.lengths), self.batch_size * self.num_replicas
