@@ -77,7 +77,6 @@ def step_times(overrides: list[str], steps: int, sync_cuda: bool = False, callba
     return times
 
 
-
 def steps_per_second(times: list[float], warmup: int) -> float:
     """Steady-state rate of the end times of steps (step_times): the first `warmup` steps left out."""
     window = times[warmup:]

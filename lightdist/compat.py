@@ -383,6 +383,18 @@ def precision_plugin_for(strategy: Any, precision: Any) -> Any:
     return None
 
 
+def compute_dtype(trainer: Any) -> Any:
+    """The dtype the trainer's precision plugin computes in, for the peak FLOP/s it is measured against.
+
+    Relies on: lightning.pytorch.callbacks.throughput_monitor._plugin_to_compute_dtype, what
+    Lightning's own ThroughputMonitor uses; it knows every plugin (FSDP's reduce dtype, DeepSpeed's,
+    bitsandbytes', Transformer Engine's int8), which the precision flag alone does not say.
+    """
+    from lightning.pytorch.callbacks.throughput_monitor import _plugin_to_compute_dtype
+
+    return _plugin_to_compute_dtype(trainer.precision_plugin)
+
+
 # -- Optuna ----------------------------------------------------------------------------------------
 
 

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 
+import lightning as L
 import pytest
 import torch
 from lightning.pytorch.strategies import DDPStrategy
@@ -505,3 +506,13 @@ def test_lightning_sigterm_broadcast_is_a_per_step_loop_method():
     assert loop._broadcast_sigterm_tensor() is None and "_broadcast_sigterm_tensor" in vars(loop)
     restore()
     assert "_broadcast_sigterm_tensor" not in vars(loop)
+
+
+# on a CPU Lightning runs 16-mixed as bf16-mixed: the plugin says so, the precision flag does not
+@pytest.mark.parametrize("precision, dtype", [("bf16-mixed", torch.bfloat16), ("16-mixed", torch.bfloat16),
+                                              ("64-true", torch.float64), ("32-true", torch.float32),
+                                              ("bf16-true", torch.bfloat16)])
+def test_lightning_compute_dtype_of_the_precision_plugin(precision, dtype):
+    trainer = L.Trainer(accelerator="cpu", devices=1, precision=precision, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False)
+    assert compat.compute_dtype(trainer) == dtype

@@ -20,6 +20,7 @@ import torch
 from lightning.fabric.utilities.throughput import Throughput, get_available_flops
 
 from lightdist.callbacks import batch_size as first_dimension
+from lightdist.compat import compute_dtype
 
 
 class ThroughputMonitor(L.Callback):
@@ -50,7 +51,7 @@ class ThroughputMonitor(L.Callback):
         available = None
         self._with_flops = self.flops and hasattr(pl_module, "flops_per_batch")
         if self._with_flops:
-            available = get_available_flops(trainer.strategy.root_device, _compute_dtype(trainer))
+            available = get_available_flops(trainer.strategy.root_device, compute_dtype(trainer))
         self._throughput = Throughput(available_flops=available, world_size=trainer.world_size,
                                       window_size=max(2, math.ceil(self.window_size / every) + 1))
         self._restart()
@@ -88,12 +89,3 @@ class ThroughputMonitor(L.Callback):
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._throughput is not None and not trainer.sanity_checking and trainer.state.fn == "fit":
             self._restart()
-
-
-def _compute_dtype(trainer: L.Trainer) -> torch.dtype:
-    precision = str(trainer.precision)
-    if precision.startswith("bf16"):
-        return torch.bfloat16
-    if precision.startswith("16"):
-        return torch.float16
-    return torch.float64 if precision.startswith("64") else torch.float32
