@@ -395,6 +395,17 @@ def compute_dtype(trainer: Any) -> Any:
     return _plugin_to_compute_dtype(trainer.precision_plugin)
 
 
+def ddp_arguments(strategy: Any) -> dict[str, Any]:
+    """The keyword arguments a Lightning DDPStrategy hands to DistributedDataParallel (mutable: a
+    change before configure_ddp reaches the wrapper).
+
+    Relies on: DDPStrategy._ddp_kwargs, which DDPStrategy._setup_model passes on as they are. The
+    constructor takes them, nothing sets them later; lightdist decides one by the process group's
+    backend, which is known only once the group exists.
+    """
+    return strategy._ddp_kwargs
+
+
 # -- Optuna ----------------------------------------------------------------------------------------
 
 

@@ -516,3 +516,9 @@ def test_lightning_compute_dtype_of_the_precision_plugin(precision, dtype):
     trainer = L.Trainer(accelerator="cpu", devices=1, precision=precision, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False)
     assert compat.compute_dtype(trainer) == dtype
+
+
+def test_lightning_ddp_arguments_are_what_the_wrapper_gets():
+    strategy = DDPStrategy(static_graph=True)
+    assert compat.ddp_arguments(strategy) == {"static_graph": True}
+    assert "**self._ddp_kwargs" in inspect.getsource(DDPStrategy._setup_model)

@@ -26,8 +26,8 @@ COMMON = ["trainer=cpu_ddp", "strategy=ddp", "trainer.precision=64-true", "model
 BF16_UNIT_ROUNDOFF = 2.0 ** -8
 
 
-def losses(args: list[str], cwd: Path) -> list[str]:
-    run_cli([*COMMON, *args], cwd=cwd)
+def losses(args: list[str], cwd: Path, env: dict | None = None) -> list[str]:
+    run_cli([*COMMON, *args], cwd=cwd, env=env)
     (run_dir,) = run_dirs(cwd)
     with open(run_dir / "metrics.csv") as f:
         rows = sorted((int(r["step"]), r["train/loss"]) for r in csv.DictReader(f) if r.get("train/loss"))
@@ -36,8 +36,23 @@ def losses(args: list[str], cwd: Path) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def default_losses(tmp_path_factory) -> list[str]:
-    return losses([], tmp_path_factory.mktemp("default"))
+def default_run(tmp_path_factory) -> tuple[list[str], dict]:
+    """The default's losses, and DDP's bucket limits in that run."""
+    cwd = tmp_path_factory.mktemp("default")
+    probe = cwd / "buckets.json"
+    run_losses = losses(["+callbacks.buckets._target_=tests.helpers.bucket_probe.BucketCaps",
+                         f"+callbacks.buckets.path={probe}"], cwd, env=cli_env(PYTHONPATH=str(REPO)))
+    return run_losses, json.loads(probe.read_text())
+
+
+@pytest.fixture(scope="module")
+def default_losses(default_run) -> list[str]:
+    return default_run[0]
+
+
+def test_gloo_ranks_all_reduce_in_buckets_of_25_mb_from_the_first_on(default_run):
+    """strategy.bucket_cap_mb=null on gloo: no small first bucket (torch's 1 MB one, for NCCL's overlap)."""
+    assert default_run[1] == {"backend": "gloo", "bucket_bytes_cap": 25 * 2**20, "small_first_bucket": False}
 
 
 def test_static_graph_without_bucket_view_equals_default(default_losses, tmp_path):
