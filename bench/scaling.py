@@ -43,8 +43,9 @@ from bench.common import DATA, write_result  # noqa: E402
 VARIANTS = {
     "default": [],
     "bucket_1mb": ["strategy.bucket_cap_mb=1"],
-    # the former default: a set cap also sizes DDP's first bucket (else 1 MB), so the benchmark's
-    # model (3.5 MB of gradients) is one bucket, all-reduced only after the whole backward pass
+    # a set cap also sizes DDP's first bucket, so the benchmark's model (3.5 MB of gradients) is one
+    # bucket, all-reduced after the whole backward pass: what null gives on gloo (the CPU default);
+    # under NCCL null is torch's default (a first bucket of 1 MB, then 25 MB), which this differs from
     "bucket_25mb": ["strategy.bucket_cap_mb=25"],
     "bucket_100mb": ["strategy.bucket_cap_mb=100"],
     "no_bucket_view": ["strategy.gradient_as_bucket_view=false"],
