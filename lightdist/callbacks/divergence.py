@@ -2,10 +2,10 @@
 
 Lightning's EarlyStopping(check_finite=True) looks only at a validation-time metric, once per
 validation, and stops through `trainer.should_stop`: the loop then still runs validation and
-ModelCheckpoint writes last.ckpt with the broken weights. Here the training loss (the `outputs`
-of each step) of every step is checked, with check_grad_norm also the gradient norm (before the
-optimizer step), and the weights and buffers before each checkpoint; the ranks agree on the verdict (one all-reduce),
-and every rank raises `Diverged` at the same step, from hooks that run before the checkpoint
+ModelCheckpoint writes last.ckpt with the broken weights. Here the training loss of every step
+(its `outputs`) is checked, with check_grad_norm also the gradient norm (before the optimizer
+step), and the weights and buffers before each checkpoint; the ranks agree on the verdict (one
+all-reduce), and every rank raises `Diverged` at the same step, from hooks that run before the checkpoint
 callbacks' own (Lightning orders those last), or while a checkpoint is being built (any other
 save: every N steps, preemption), before it is written. Checkpoints already written keep the
 last finite weights.

@@ -6,8 +6,8 @@ all-reduce while another enters the checkpoint's barrier, and the job hangs unti
 killed (seen here with two gloo ranks under srun). Here the handler only raises a flag. At
 the end of each training step the ranks start agreeing on the flag (an asynchronous all-reduce
 on a gloo group, so GPUs are never synchronised for it) and read the verdict before the next
-step; when any rank was signalled, all of them save the
-same checkpoint at the same step, rank 0 asks SLURM to requeue the job, and training stops.
+step; when any rank was signalled, all of them save the same checkpoint at the same step, rank 0
+asks SLURM to requeue the job, and training stops.
 The requeued job (same id, same run directory) resumes from that checkpoint.
 
 SIGTERM is handled the same way: it is what SLURM sends on preemption (PreemptMode=REQUEUE),
