@@ -5,10 +5,10 @@ validation, and stops through `trainer.should_stop`: the loop then still runs va
 ModelCheckpoint writes last.ckpt with the broken weights. Here the training loss of every step
 (its `outputs`) is checked, with check_grad_norm also the gradient norm (before the optimizer
 step), and the weights and buffers before each checkpoint; the ranks agree on the verdict (one
-all-reduce), and every rank raises `Diverged` at the same step, from hooks that run before the checkpoint
-callbacks' own (Lightning orders those last), or while a checkpoint is being built (any other
-save: every N steps, preemption), before it is written. Checkpoints already written keep the
-last finite weights.
+all-reduce), and every rank raises `Diverged` at the same step, from hooks that run before the
+checkpoint callbacks' own (Lightning orders those last), or while a checkpoint is being built (any
+other save: every N steps, preemption), before it is written. Checkpoints already written keep
+the last finite weights.
 
 Reading a value on the host makes it wait for the GPU, so the steps' values stay on the device
 and are read together every `check_every_n_steps` steps (by default at the logging steps, where
