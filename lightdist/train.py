@@ -26,6 +26,7 @@ from lightdist.callbacks.progress import LogProgress
 from lightdist.callbacks.rng_state import RNGState
 from lightdist.callbacks.timing import StepClock
 from lightdist.checkpoints import AtomicCheckpointIO, load_consolidated, resolve_ckpt_path
+from lightdist.cuda_check import answer_cuda_checks_once
 from lightdist.distributed.launch import watch_ranks
 from lightdist.distributed.preemption import Preempted
 from lightdist.distributed.ranks import processes_per_node
@@ -135,6 +136,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """
     started = time.time()
     threads = configure_threads(cfg.threads_per_rank, processes_per_node(cfg.trainer))
+    answer_cuda_checks_once()
     if cfg.get("matmul_precision"):
         torch.set_float32_matmul_precision(cfg.matmul_precision)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
