@@ -34,7 +34,6 @@ from lightdist.distributed.sharding import check_module, needs_consolidated_weig
 from lightdist.distributed.strategy import build_strategy, trainer_arguments
 from lightdist.distributed.threads import configure_threads
 from lightdist.loggers import finish_wandb
-from lightdist.no_profiler import NoProfiler
 from lightdist.runs import build_datamodule, build_task, without_pretrained
 from lightdist.tasks.transfer import pretrained_statistics
 
@@ -102,7 +101,6 @@ def build_trainer(cfg: DictConfig, run_dir: Path) -> L.Trainer:
         callbacks=build_callbacks(cfg, has_logger=bool(loggers)),
         logger=loggers if loggers else False,
         default_root_dir=str(run_dir),
-        **({} if cfg.trainer.get("profiler") else {"profiler": NoProfiler()}),
     )
 
 

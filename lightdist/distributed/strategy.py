@@ -16,6 +16,7 @@ from lightdist.compat import EndSpawnedRanks, ddp_arguments, precision_plugin_fo
 from lightdist.config.validate import signature_of
 from lightdist.distributed.cluster import cluster_plugins
 from lightdist.errors import ConfigError
+from lightdist.no_profiler import NoProfiler
 
 RELEASE_TIMEOUT_S = 10.0
 
@@ -198,8 +199,10 @@ def _with_micro_batch(strategy: Any, batch_size: int | None) -> Any:
 
 def trainer_arguments(cfg: DictConfig, strategy: Any, *plugins: Any) -> dict[str, Any]:
     """What a Trainer made from cfg.trainer takes besides it, for training and evaluation alike: the
-    strategy, the cluster's plugins and `plugins`, and the precision as a plugin where Lightning
-    refuses it as a flag (64-true under fsdp2; the flag is then left unset)."""
+    strategy, the cluster's plugins and `plugins`, the precision as a plugin where Lightning
+    refuses it as a flag (64-true under fsdp2; the flag is then left unset), and NoProfiler where
+    no profiler is configured (lightdist.no_profiler)."""
     precision = precision_plugin_for(strategy, cfg.trainer.get("precision"))
     every = [*cluster_plugins(cfg), *plugins, *([precision] if precision else [])]
-    return {"strategy": strategy, "plugins": every or None, **({"precision": None} if precision else {})}
+    return {"strategy": strategy, "plugins": every or None, **({"precision": None} if precision else {}),
+            **({} if cfg.trainer.get("profiler") else {"profiler": NoProfiler()})}

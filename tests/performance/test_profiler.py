@@ -1,4 +1,4 @@
-"""Without a configured profiler the Trainer gets lightdist's NoProfiler: Lightning wraps every hook
+"""Without a configured profiler the Trainer (training's and evaluation's) gets lightdist's NoProfiler: Lightning wraps every hook
 it calls in profiler.profile(name), and Lightning's own do-nothing profiler builds a context manager
 for each (some 800 Python calls a training step); a configured profiler is left as it is."""
 
@@ -8,14 +8,15 @@ from omegaconf import OmegaConf
 
 from lightdist.config import resolvers
 from lightdist.config.compose import compose
+from lightdist.evaluation.module import build_eval_trainer
 from lightdist.no_profiler import NoProfiler
 from lightdist.train import build_trainer
 
 
-def trainer_for(overrides: list[str], tmp_path) -> L.Trainer:
+def trainer_for(overrides: list[str], tmp_path, build=build_trainer) -> L.Trainer:
     resolvers.register()
     cfg = compose([*overrides, "logger=csv", f"paths.output_dir={tmp_path}"])
-    return build_trainer(OmegaConf.create(OmegaConf.to_container(cfg, resolve=True)), tmp_path)
+    return build(OmegaConf.create(OmegaConf.to_container(cfg, resolve=True)), tmp_path)
 
 
 def test_no_profiler_by_default_and_one_empty_context_for_every_hook(tmp_path):
@@ -31,3 +32,8 @@ def test_no_profiler_by_default_and_one_empty_context_for_every_hook(tmp_path):
 def test_a_configured_profiler_is_kept(tmp_path):
     trainer = trainer_for(["trainer.profiler=simple"], tmp_path)
     assert isinstance(trainer.profiler, SimpleProfiler)
+
+
+def test_evaluation_gets_it_too(tmp_path):
+    assert isinstance(trainer_for([], tmp_path, build_eval_trainer).profiler, NoProfiler)
+    assert isinstance(trainer_for(["trainer.profiler=simple"], tmp_path, build_eval_trainer).profiler, SimpleProfiler)
