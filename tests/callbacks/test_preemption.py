@@ -140,7 +140,7 @@ def test_the_generators_state_is_kept_at_a_step_end_only_where_a_save_may_follow
     trainer = fake_trainer(tmp_path, [], world_size=1)
     handler, rng = preemption.PreemptionHandler(), RNGState()
     trainer.callbacks = [rng, handler]  # RNGState asks first: before the handler in build_callbacks
-    rng._preemption = handler
+    rng.on_train_start(trainer, None)  # finds the handler among the trainer's callbacks
     kept = []
     for batch_idx, signalled in [(0, False), (1, False), (2, True), (3, True)]:
         handler.on_train_batch_start(trainer, None, None, batch_idx)
