@@ -36,6 +36,7 @@ from lightdist.distributed.threads import configure_threads
 from lightdist.loggers import finish_wandb
 from lightdist.runs import build_datamodule, build_task, without_pretrained
 from lightdist.tasks.transfer import pretrained_statistics
+from lightdist.unused_hooks import skip_unused_hooks
 
 log = logging.getLogger(__name__)
 
@@ -159,6 +160,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         task = task.double()
     watch_ranks(trainer, run_dir)  # a rank > 0 that dies is named in one line
     check_module(trainer.strategy, task)
+    skip_unused_hooks(task, trainer.callbacks)  # host time per step (lightdist.unused_hooks)
     if trainer.is_global_zero:
         hparams = OmegaConf.to_container(cfg, resolve=True)
         for logger in trainer.loggers:
