@@ -16,9 +16,15 @@ callback (steady-state steps), printed and stored in the result JSON.
 
     python bench/overhead.py                                 # the quickstart CNN (overhead_cnn.json)
     python bench/overhead.py --model tiny                    # a small model: fixed per-step costs show
+    python bench/overhead.py --model tiny --paired           # the same, steps alternating (a drifting machine)
     python bench/overhead.py --gpu                           # ResNet-18, CIFAR-10 format, bf16, 1 GPU
     python bench/overhead.py --gpu --model resnet50          # timm ResNet-50, 224 px image folder, bf16
     python bench/overhead.py --gpu --model resnet50 --smoke  # the same code paths on the CPU, tiny sizes
+
+--paired (CPU modes) alternates the two within each round: at the end of every lightdist step the
+plain loop takes one step, timed on its own, so both sides are measured at the same moments; on a
+machine whose speed drifts from second to second (shared cores) separate runs scatter by more than
+the overhead measured. Its results go to overhead_<model>_paired.json.
 
 The --gpu modes (written data: CIFAR-10 batches, or PNG class folders of 256 px for ResNet-50)
 also time the data loader alone (the ceiling the input pipeline sets) and report images/s of the
@@ -104,12 +110,12 @@ def plain_loader(dm, batch_size: int, seed: int):
     return loader, sampler
 
 
-def plain_run(overrides: list[str], steps: int, warmup: int, start: FirstStep | None = None,
-              clock=time.perf_counter) -> tuple[float, list]:
-    """What a user writes by hand: a DataLoader, the model, the same optimizer groups and schedule,
-    the same on-device normalisation/augmentation, autocast for bf16-mixed, channels_last if set.
-    With `start` (a parity run): lightdist's initial weights and generator state, float64, and the
-    loss of every step returned."""
+def plain_steps(overrides: list[str], steps: int, start: FirstStep | None = None):
+    """What a user writes by hand, one step at a time (a generator: each step's loss once its optimizer
+    and schedule steps are done): a DataLoader, the model, the same optimizer groups and schedule (of
+    `steps` steps), the same on-device normalisation/augmentation, autocast for bf16-mixed,
+    channels_last if set. With `start` (a parity run): lightdist's initial weights and generator
+    state, and float64."""
     from hydra.utils import instantiate
 
     from lightdist.config.building import instantiate_with_facts
@@ -140,9 +146,9 @@ def plain_run(overrides: list[str], steps: int, warmup: int, start: FirstStep | 
                                   enabled=str(cfg.trainer.precision) == "bf16-mixed")
         if start is not None:
             torch.set_rng_state(start.rng)
-        times, losses, step, epoch = [], [], 0, 0
         model.train()
-        while step < steps:
+        epoch = 0
+        while True:
             sampler.set_epoch(epoch)
             for images, labels in loader:
                 images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
@@ -159,14 +165,45 @@ def plain_run(overrides: list[str], steps: int, warmup: int, start: FirstStep | 
                 loss.backward()
                 optimizer.step()
                 schedule.step()
-                times.append(clock())
-                if start is not None:
-                    losses.append(loss.item())
-                step += 1
-                if step == steps:
-                    break
+                yield loss
             epoch += 1
+
+
+def plain_run(overrides: list[str], steps: int, warmup: int, start: FirstStep | None = None,
+              clock=time.perf_counter) -> tuple[float, list]:
+    """The plain loop alone for `steps` steps: its steady-state steps/s and (with `start`, a parity
+    run) every step's loss."""
+    times, losses = [], []
+    loop = plain_steps(overrides, steps, start)
+    for _, loss in zip(range(steps), loop):  # range first: no step beyond `steps` is taken
+        times.append(clock())
+        if start is not None:
+            losses.append(loss.item())
+    loop.close()
     return steps_per_second(times, warmup) if steps > warmup + 1 else 0.0, losses
+
+
+def paired_run(overrides: list[str], steps: int, warmup: int, clock=time.perf_counter) -> tuple[float, float]:
+    """Steps/s of the plain loop and of lightdist, their steps alternating in one lightdist run: at each
+    lightdist step's end (after lightdist's callbacks, before the rest of Lightning's step-end work,
+    which falls into the next lightdist step) the plain loop takes one step, timed on its own. Each
+    pair of steps is taken at the same moment, so a machine whose speed drifts by more than the
+    difference measured (shared cores, frequency changes) slows both sides alike."""
+    loop = plain_steps(overrides, steps)
+    marks: list[tuple[float, float]] = []  # (lightdist step ended, plain step ended)
+
+    class Interleave(L.Callback):
+        def on_train_batch_end(self, *args) -> None:
+            ended = clock()
+            next(loop)
+            marks.append((ended, clock()))
+
+    step_times(overrides, steps, callbacks=(Interleave(),), clock=clock)
+    loop.close()
+    steady = marks[warmup:]
+    plain = [done - began for began, done in steady[1:]]
+    framework = [began - previous_done for (_, previous_done), (began, _) in zip(steady, steady[1:])]
+    return len(plain) / sum(plain), len(framework) / sum(framework)
 
 
 def lightdist_start(overrides: list[str], steps: int) -> FirstStep:
@@ -268,12 +305,16 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
                         help="cpu: this process's CPU time per step, for a loaded machine (use --threads 1)")
+    parser.add_argument("--paired", action="store_true",
+                        help="CPU: plain and lightdist steps alternate within each lightdist run (a drifting machine)")
     parser.add_argument("--gpu", action="store_true")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes on the CPU, nothing written")
     args = parser.parse_args()
     model = args.model or ("resnet18" if args.gpu else "cnn")
     if (model in GPU_MODELS) != args.gpu:
         parser.error(f"--model {model} {'needs' if model in GPU_MODELS else 'is not for'} --gpu")
+    if args.paired and args.gpu:
+        parser.error("--paired is for the CPU modes")
     if args.smoke:
         args.steps, args.warmup, args.rounds = 6, 2, 1
         args.parity_steps = min(args.parity_steps, 3)
@@ -295,7 +336,7 @@ def main() -> None:
         overrides = [*MODELS[model], "data=fashion_mnist", "data.augment=null", "data.train_subset=20000",
                      "data.batch_size=128", "optimizer=adamw", "scheduler=cosine", *common]
         parity_overrides = overrides
-        name = f"overhead_{model}"
+        name = f"overhead_{model}" + ("_paired" if args.paired else "")
     torch.set_num_threads(args.threads)
 
     checked = parity(parity_overrides, args.parity_steps)
@@ -308,14 +349,22 @@ def main() -> None:
         print(f"data loader alone: {loader_rate:.2f} batches/s, {loader_rate * batch:.0f} images/s", flush=True)
     plain, framework = [], []
     for r in range(args.rounds):
-        plain.append(plain_run(overrides, args.steps, args.warmup, clock=CLOCKS[args.clock])[0])
-        framework.append(lightdist_run(overrides, args.steps, args.warmup, clock=CLOCKS[args.clock]))
+        if args.paired:
+            rates = paired_run(overrides, args.steps, args.warmup, clock=CLOCKS[args.clock])
+            plain.append(rates[0])
+            framework.append(rates[1])
+        else:
+            plain.append(plain_run(overrides, args.steps, args.warmup, clock=CLOCKS[args.clock])[0])
+            framework.append(lightdist_run(overrides, args.steps, args.warmup, clock=CLOCKS[args.clock]))
         print(f"round {r + 1}: plain {plain[-1]:.2f} steps/s, lightdist {framework[-1]:.2f} steps/s", flush=True)
     p, f = statistics.median(plain), statistics.median(framework)
-    ratio = f / p
-    print(f"\nmodel={model} steps={args.steps} threads={args.threads} clock={args.clock}: median plain {p:.2f} steps/s "
+    # paired: each round's two rates were measured at the same moments, so their ratio is what counts
+    ratio = statistics.median(b / a for a, b in zip(plain, framework)) if args.paired else f / p
+    extra_ms = (statistics.median(1000 * (1 / b - 1 / a) for a, b in zip(plain, framework)) if args.paired
+                else 1000 * (1 / f - 1 / p))
+    print(f"\nmodel={model} steps={args.steps} threads={args.threads} clock={args.clock} paired={args.paired}: median plain {p:.2f} steps/s "
           f"({p * batch:.0f} images/s), lightdist {f:.2f} steps/s ({f * batch:.0f} images/s), ratio {ratio:.3f} "
-          f"(overhead {100 * (1 - ratio):.1f}%, {1000 * (1 / f - 1 / p):.2f} ms per step)")
+          f"(overhead {100 * (1 - ratio):.1f}%, {extra_ms:.2f} ms per step)")
 
     rows = profile(overrides, args.profile_steps or args.steps, args.warmup)
     print_profile(rows)
@@ -324,11 +373,11 @@ def main() -> None:
         return
     path = write_result(name, {
         "model": model, "steps": args.steps, "warmup": args.warmup, "threads": args.threads, "batch_size": batch,
-        "clock": args.clock, "load_average": os.getloadavg(),
+        "clock": args.clock, "paired": args.paired, "load_average": os.getloadavg(),
         "parity": {k: v for k, v in checked.items() if k != "plain_losses"},
         "plain_steps_per_s": plain, "lightdist_steps_per_s": framework,
         "median_plain": p, "median_lightdist": f, "ratio": ratio, "overhead_pct": 100 * (1 - ratio),
-        "overhead_ms_per_step": 1000 * (1 / f - 1 / p),
+        "overhead_ms_per_step": extra_ms,
         "images_per_s": {"plain": p * batch, "lightdist": f * batch,
                          "loader_alone": loader_rate * batch if loader_rate else None},
         "loader_alone_batches_per_s": loader_rate,

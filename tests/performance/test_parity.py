@@ -31,3 +31,23 @@ def test_another_data_order_is_caught(lightdist_run, monkeypatch):
     monkeypatch.setattr(overhead, "plain_loader", lambda dm, batch_size, seed: original(dm, batch_size, seed + 1))
     plain = overhead.plain_losses(OVERRIDES, STEPS, lightdist_run)
     assert abs(plain[0] - lightdist_run.losses[0]) > 1e-6
+
+
+def test_paired_timing_alternates_one_plain_step_per_lightdist_step(monkeypatch):
+    """bench/overhead.py --paired: the plain loop takes one step at the end of each lightdist step, and
+    each side's time is the time between its own marks. With a clock that moves one unit per reading
+    (lightdist's step-end mark, the plain step's start and end), a plain step lasts 1 and a lightdist
+    step 2 (from the plain step's end to the next lightdist mark)."""
+    taken = []
+    original = overhead.plain_steps
+
+    def counted(*args, **kwargs):
+        for loss in original(*args, **kwargs):
+            taken.append(float(loss))
+            yield loss
+
+    monkeypatch.setattr(overhead, "plain_steps", counted)
+    ticks = iter(range(10**6))
+    plain, lightdist = overhead.paired_run(OVERRIDES, 6, 2, clock=lambda: float(next(ticks)))
+    assert len(taken) == 6 and len(set(taken)) == 6  # one plain step per lightdist step, and it trains
+    assert (plain, lightdist) == (1.0, 0.5)
