@@ -52,8 +52,9 @@ def test_a_default_run_dispatches_per_batch_hooks_only_where_defined(workdir):
     callback or the task is one its class defines, and each defined training hook runs every step."""
     path = workdir / "hooks.json"
     steps, val_batches = 6, 2
+    # no sanity check: its validation batches would add to the validation hooks' counts
     run_cli(["data.train_subset=192", "data.val_subset=64", "data.batch_size=32", "trainer.max_epochs=1",
-             "trainer.log_every_n_steps=2", "test_after_fit=false",
+             "trainer.log_every_n_steps=2", "test_after_fit=false", "trainer.num_sanity_val_steps=0",
              "+trainer.profiler._target_=tests.helpers.hook_calls.HookCalls", f"+trainer.profiler.path={path}",
              "+callbacks.note_hooks._target_=tests.helpers.hook_calls.NoteHooks"], cwd=workdir,
             env=interrupt_env())
