@@ -98,10 +98,13 @@ class HookProfile(L.Callback):
 
 def plain_loader(dm, batch_size: int, seed: int):
     """What a user writes: a DataLoader over the training set, shuffled by a seeded DistributedSampler
-    of one replica (the order lightdist's loader takes), with the data module's loader options."""
+    (of one replica, or of this process group's ranks: the order lightdist's loader takes), with the
+    data module's loader options."""
+    import torch.distributed as dist
     from torch.utils.data import DataLoader, DistributedSampler
 
-    sampler = DistributedSampler(dm.train_set, num_replicas=1, rank=0, shuffle=dm.shuffle, seed=seed,
+    ranks, rank = (dist.get_world_size(), dist.get_rank()) if dist.is_initialized() else (1, 0)
+    sampler = DistributedSampler(dm.train_set, num_replicas=ranks, rank=rank, shuffle=dm.shuffle, seed=seed,
                                  drop_last=dm.drop_last)
     loader = DataLoader(dm.train_set, batch_size=batch_size, sampler=sampler, drop_last=dm.drop_last,
                         num_workers=dm.num_workers, pin_memory=dm.pin_memory,
@@ -110,12 +113,15 @@ def plain_loader(dm, batch_size: int, seed: int):
     return loader, sampler
 
 
-def plain_steps(overrides: list[str], steps: int, start: FirstStep | None = None):
+def plain_steps(overrides: list[str], steps: int, start: FirstStep | None = None, ddp: bool = True,
+                built=None):
     """What a user writes by hand, one step at a time (a generator: each step's loss once its optimizer
     and schedule steps are done): a DataLoader, the model, the same optimizer groups and schedule (of
     `steps` steps), the same on-device normalisation/augmentation, autocast for bf16-mixed,
     channels_last if set. With `start` (a parity run): lightdist's initial weights and generator
-    state, and float64."""
+    state, and float64. In a process group (bench/plain_ddp.py) each rank takes its shard, and with
+    `ddp` the model is in torch's DistributedDataParallel with its defaults. `built` is called with
+    the model once it is built."""
     from hydra.utils import instantiate
 
     from lightdist.config.building import instantiate_with_facts
@@ -138,6 +144,10 @@ def plain_steps(overrides: list[str], steps: int, start: FirstStep | None = None
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
         optimizer = build_optimizer(instantiate(cfg.optimizer), model)
+        if ddp and torch.distributed.is_initialized():
+            model = torch.nn.parallel.DistributedDataParallel(model)
+        if built is not None:
+            built(model)
         loader, sampler = plain_loader(dm, cfg.data.batch_size, cfg.seed)
         schedule = instantiate(cfg.scheduler)(optimizer, total_steps=steps, steps_per_epoch=len(loader))["scheduler"]
         criterion = torch.nn.CrossEntropyLoss(label_smoothing=(cfg.get("task") or {}).get("label_smoothing", 0.0))

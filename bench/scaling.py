@@ -18,6 +18,13 @@ GPU (--gpu): 1 GPU vs all of this machine's GPUs over NCCL (ResNet-18, CIFAR-10-
 bf16-mixed, per-GPU batch 256; the ceiling is taken as 1: GPUs share nothing but the host). With
 fewer than 2 GPUs it says so and measures nothing.
 
+On CPU each round also runs hand-written loops (bench/plain_ddp.py, torchrun, the same model,
+data and optimizer): 1 rank, and 2 ranks in three modes: torch's DistributedDataParallel at its
+defaults (what lightdist's DDP is compared with, in samples/s side by side), the ranks meeting
+once a step with nothing to all-reduce (the best synchronous data-parallel training can do where
+the ranks' step times scatter), and no communication at all (the ceiling, in the same processes).
+`--no-plain` leaves them out.
+
 The time from command to first optimizer step is measured by bench/startup.py.
 
     python bench/scaling.py                  # CPU, every variant, 2 rounds
@@ -62,7 +69,8 @@ VARIANTS = {
 
 
 def env() -> dict[str, str]:
-    env = dict(os.environ, LIGHTDIST_DATA=str(DATA), WANDB_MODE="offline")
+    env = dict(os.environ, WANDB_MODE="offline")
+    env.setdefault("LIGHTDIST_DATA", str(DATA))
     env.pop("PYTHONDONTWRITEBYTECODE", None)
     return env
 
@@ -88,6 +96,18 @@ def run_pair(args: list[str]) -> list[Path]:
         if proc.returncode != 0:
             raise RuntimeError(f"lightdist {' '.join(args)} failed:\n{err[-5000:]}")
     return [next(Path(t).rglob("summary.json")).parent for t in tmps]
+
+
+def run_plain(ranks: int, modes: list[str], steps: int, overrides: list[str], cwd: Path) -> dict:
+    """bench/plain_ddp.py on `ranks` processes (torchrun) in `modes`: its JSON (rank 0's step rates)."""
+    out = cwd / "plain.json"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={ranks}",
+               str(Path(__file__).with_name("plain_ddp.py")), f"--steps={steps}", "--modes", *modes,
+               f"--out={out}", "--", *overrides]
+    proc = subprocess.run(command, cwd=cwd, env=env(), capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"plain_ddp.py on {ranks} ranks failed:\n{proc.stderr[-5000:]}")
+    return json.loads(out.read_text())
 
 
 def samples_per_s(run_dir: Path, per_rank_batch: int) -> float:
@@ -130,6 +150,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=None, help="per-rank batch size (CPU 64, GPU 256)")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    parser.add_argument("--no-plain", action="store_true", help="CPU: leave out the hand-written loops")
     parser.add_argument("--cifar-root", help="GPU mode: a folder holding cifar-10-batches-py (else synthetic files)")
     args = parser.parse_args()
     variants = {name: VARIANTS[name] for name in ["default", *args.variants]}  # default: the loss reference
@@ -155,9 +176,26 @@ def main() -> None:
     pair: list[float] = []
     speed: dict[str, list[float]] = {name: [] for name in variants}
     loss: dict[str, tuple[int, float]] = {}
+    plain_modes = ["ddp", "meet", "none"]
+    plain: dict[str, list[float]] = {name: [] for name in ["1 rank", *plain_modes]}
+    plain_loss: dict[str, float] = {}
+    with_plain = not (args.gpu or args.no_plain)
     for r in range(args.rounds):
-        order = ["1 rank", "ceiling", *variants]
+        order = ["1 rank", "ceiling", *variants, *(["plain 1 rank", "plain 2 ranks"] if with_plain else [])]
         for name in order if r % 2 == 0 else order[::-1]:
+            if name.startswith("plain"):
+                cwd = tmp_root / f"{r}_{name.replace(' ', '_')}"
+                cwd.mkdir()
+                one_plain = name == "plain 1 rank"
+                modes = ["none"] if one_plain else (plain_modes if r % 2 == 0 else plain_modes[::-1])
+                measured = run_plain(1 if one_plain else ranks, modes, args.steps, [*one_rank, *common], cwd)
+                for mode in modes:
+                    rate = measured[mode]["train_steps_per_s"] * args.batch * measured["world_size"]
+                    plain["1 rank" if one_plain else mode].append(rate)
+                    if not one_plain:
+                        plain_loss[mode] = measured[mode]["loss"]
+                    print(f"round {r + 1}: {name}{'' if one_plain else ' ' + mode} {rate:.1f} samples/s", flush=True)
+                continue
             if name == "ceiling":
                 if not args.gpu:
                     pair.append(sum(samples_per_s(d, args.batch) for d in run_pair([*one_rank, *common])))
@@ -189,10 +227,24 @@ def main() -> None:
         row = results[name]
         print(f"{name:22} {mean:10.1f} {row['efficiency']:10.3f} {row['relative_to_ceiling']:10.3f} "
               f"{value:10.5f}@{step:<5} {row['loss_minus_default']:+11.5f}")
+    references = {}
+    if with_plain:
+        p1 = sum(plain["1 rank"]) / len(plain["1 rank"])
+        lightdist = sum(speed["default"]) / len(speed["default"])
+        described = {"ddp": "torch DDP, its defaults", "meet": "meet once a step, no bytes",
+                     "none": "no communication"}
+        print(f"\nhand-written loops (bench/plain_ddp.py): 1 rank {p1:.1f} samples/s")
+        print(f"{'2 ranks':34} {'samples/s':>10} {'efficiency':>10} {'lightdist default / this':>25}")
+        for mode in plain_modes:
+            mean = sum(plain[mode]) / len(plain[mode])
+            references[mode] = {"samples_per_s": plain[mode], "efficiency": mean / (ranks * p1),
+                                "lightdist_default_samples_per_s_ratio": lightdist / mean, "loss": plain_loss[mode]}
+            print(f"{described[mode]:34} {mean:10.1f} {mean / (ranks * p1):10.3f} {lightdist / mean:25.3f}")
     path = write_result("scaling_gpu" if args.gpu else "scaling", {
         "mode": "gpu" if args.gpu else "cpu", "ranks": ranks, "per_rank_batch": args.batch, "steps": args.steps,
         "rounds": args.rounds, "common": common, "samples_per_s_1_rank": one,
-        "samples_per_s_two_independent": pair, "ceiling_efficiency": ceiling, "variants": results})
+        "samples_per_s_two_independent": pair, "ceiling_efficiency": ceiling, "variants": results,
+        **({"plain": {"samples_per_s_1_rank": plain["1 rank"], "modes": references}} if references else {})})
     print(f"written to {path}")
 
 
