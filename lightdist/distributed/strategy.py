@@ -88,10 +88,13 @@ class DDPStrategy(EndSpawnedRanks, LightningDDPStrategy):
 
         hook = comm_hook_arguments(comm_hook, powersgd_rank, powersgd_start_step)
         cap = {} if bucket_cap_mb is None else {"bucket_cap_mb": bucket_cap_mb}
+        buffers = kwargs.pop("broadcast_buffers", None)
+        if buffers is not None:
+            kwargs[BUFFERS_ARGUMENT] = buffers
         super().__init__(*args, **hook, **cap, **kwargs)
         self.comm_hook = hook
         self.bucket_cap_mb = bucket_cap_mb
-        self.broadcast_buffers = kwargs.get("broadcast_buffers", True)  # DistributedDataParallel's default
+        self.broadcast_buffers = True if buffers is None else buffers  # DistributedDataParallel's default
 
     def setup_environment(self) -> None:
         super().setup_environment()
@@ -132,6 +135,13 @@ class DDPStrategy(EndSpawnedRanks, LightningDDPStrategy):
         if self.broadcast_buffers or self.world_size < 2 or self.lightning_module is None:
             return
         broadcast_from_rank_zero(list(self.lightning_module.buffers()))
+
+
+# torch 2.14 renamed DDP's broadcast of the buffers before each forward `forward_sync_buffers` and warns,
+# on every rank, when the old name is passed; the new one also copies rank 0's buffers once when DDP
+# wraps the model, which the old `broadcast_buffers=False` skipped (the ranks start from one model either way).
+BUFFERS_ARGUMENT = ("forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(
+    torch.nn.parallel.DistributedDataParallel.__init__).parameters else "broadcast_buffers")
 
 
 def broadcast_from_rank_zero(tensors: list[torch.Tensor]) -> None:

@@ -112,7 +112,7 @@ def test_batchnorm_statistics_are_not_broadcast_each_step_but_before_each_valida
     its own batches (no collective before each forward); every validation starts from rank 0's on
     every rank, so the ranks evaluate their shards with one model, the one the checkpoints hold."""
     probe = tmp_path / "buffers"
-    run_cli(["trainer=cpu_ddp", "strategy=ddp", "trainer.precision=64-true", "model.norm=batch",
+    proc = run_cli(["trainer=cpu_ddp", "strategy=ddp", "trainer.precision=64-true", "model.norm=batch",
              "model.channels=[8,16]", "model.hidden=64", "data.train_subset=256", "data.val_subset=64",
              "data.batch_size=32", "trainer.max_epochs=2", "trainer.num_sanity_val_steps=0", "test_after_fit=false",
              "+callbacks.buffers._target_=tests.helpers.buffer_probe.BufferDigests", f"+callbacks.buffers.path={probe}",
@@ -121,3 +121,4 @@ def test_batchnorm_statistics_are_not_broadcast_each_step_but_before_each_valida
     assert len(ranks[0]["train"]) == 8 and len(ranks[0]["validation"]) == 2
     assert all(a != b for a, b in zip(ranks[0]["train"], ranks[1]["train"]))  # their own batches' statistics
     assert ranks[0]["validation"] == ranks[1]["validation"]
+    assert "`broadcast_buffers` is deprecated" not in proc.stderr  # torch >= 2.14 takes forward_sync_buffers
