@@ -406,6 +406,20 @@ def ddp_arguments(strategy: Any) -> dict[str, Any]:
     return strategy._ddp_kwargs
 
 
+def quiet_lightning_pytree_deprecation() -> None:
+    """Leaves out the FutureWarning torch >= 2.14 prints, in every run and on every rank, when
+    Lightning flattens a loader's batch: the deprecation is of torch's LeafSpec, which Lightning's
+    code constructs, and nothing a user runs or configures can change it.
+
+    Relies on: lightning.pytorch.utilities._pytree._tree_flatten building torch.utils._pytree.LeafSpec.
+    Only that warning, only from that module, is ignored.
+    """
+    import warnings
+
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+                            category=FutureWarning, module=r"lightning\.pytorch\.utilities\._pytree")
+
+
 # -- Optuna ----------------------------------------------------------------------------------------
 
 

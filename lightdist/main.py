@@ -41,6 +41,9 @@ def main(argv: list[str] | None = None) -> None:
 
 def _dispatch(argv: list[str]) -> None:
     _leave_out_unused_imports()  # before anything imports Lightning
+    from lightdist.compat import quiet_lightning_pytree_deprecation
+
+    quiet_lightning_pytree_deprecation()
     from lightdist.distributed import early_ranks
 
     if early_ranks.waiting():  # a rank > 0 rank 0 started early: imports now, then waits for its job
