@@ -138,6 +138,8 @@ def _ending_spawn_launcher_class() -> type:
             self.end = end
 
         def _wrapping_function(self, *args: Any, **kwargs: Any) -> None:
+            # A spawned rank starts a new interpreter, without main()'s warning filter.
+            quiet_lightning_pytree_deprecation()
             # The result is on Lightning's SimpleQueue (written synchronously) when this returns;
             # a failure raises past this line and keeps torch's error report and exit code 1.
             super()._wrapping_function(*args, **kwargs)
