@@ -169,8 +169,19 @@ def rank_failure(exc: BaseException, run_dir: str | Path, wait_s: float = 1.0) -
         if death:
             return RankFailed(death) if _claim(death) else SystemExit(RankFailed.exit_code)
         if time.monotonic() >= deadline:
+            _end_started_ranks_at_exit()
             return _timeout_failure(exc)
         time.sleep(0.05)
+
+
+def _end_started_ranks_at_exit() -> None:
+    """No rank died, so one is alive but stuck outside a collective (whatever the error's words: a
+    timeout, or a pair the timeout closed). Ranks this process started would outlive it (rank 0 raising
+    does not end them) and keep the job's terminal and resources: they are ended at exit, once its
+    error is out. The watch is told first that this is no death to report."""
+    _claim("stuck")
+    if is_script_launcher(_launcher) and _launcher.procs:  # procs: the ranks this process started
+        atexit.register(_launcher.kill, signal.SIGKILL)
 
 
 def _timeout_failure(exc: BaseException) -> RankFailed | None:
@@ -181,12 +192,6 @@ def _timeout_failure(exc: BaseException) -> RankFailed | None:
     if "timed out" not in text.lower() and "timeout" not in text.lower():
         return None
     detail = text.split("] ", 1)[-1]  # gloo prefixes its source file and line
-    # Ranks this process started would outlive it while stuck outside a collective (rank 0 raising does
-    # not end them): they are ended at exit, once this line is out (Lightning's observer kills rank 0
-    # soon after a child dies); the watch is told first that this is no death to report.
-    _claim("timeout")
-    if is_script_launcher(_launcher) and _launcher.procs:  # procs: the ranks this process started
-        atexit.register(_launcher.kill, signal.SIGKILL)
     return RankFailed(f"rank {rank_from_env()}: a collective waited longer than distributed.timeout_s for another "
                       f"rank, which stopped responding ({detail})",
                       hint="find what that rank was doing; raise distributed.timeout_s if it is only slow")
